@@ -1,0 +1,167 @@
+"""A connection to an etcd cluster with failover across its endpoints.
+
+aetcd talks to one endpoint; a cluster is several. `EtcdConnection` keeps one client to the
+current endpoint and moves to the next one when a call fails for a connection reason, so losing
+one member of three changes nothing for the caller. Library errors are translated here, where
+they enter our code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import aetcd
+import aetcd.exceptions
+import grpc
+
+from providers.errors import RevisionCompacted, StoreUnavailable
+from providers.store_keys import normalize_prefix
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Keepalive pings find a dead member within seconds instead of waiting on TCP timeouts.
+GRPC_OPTIONS = {
+    "grpc.keepalive_time_ms": 5_000,
+    "grpc.keepalive_timeout_ms": 3_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.max_pings_without_data": 0,
+    "grpc.max_receive_message_length": 256 * 1024 * 1024,
+    "grpc.max_send_message_length": 64 * 1024 * 1024,
+}
+_CONNECTION_ERRORS = (
+    aetcd.exceptions.ConnectionFailedError,
+    aetcd.exceptions.ConnectionTimeoutError,
+    grpc.aio.AioRpcError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    endpoints: tuple[tuple[str, int], ...]
+    prefix: str = "/whplane/"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout_s: float = 5.0
+
+    @classmethod
+    def from_url(cls, url: str, env: Mapping[str, str] | None = None) -> EtcdSettings:
+        """`etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?timeout=S]`; credentials from the environment.
+
+        The password is read from `WH_ETCD_PASSWORD` (never from the URL, which ends up in
+        process listings and logs).
+        """
+        env = env or {}
+        parts = urlsplit(url)
+        if parts.scheme != "etcd":
+            raise ValueError(f"not an etcd URL (etcd://HOST:PORT[,HOST:PORT...]/PREFIX): {url!r}")
+        if "@" in parts.netloc:
+            raise ValueError("put etcd credentials in WH_ETCD_USERNAME / WH_ETCD_PASSWORD, "
+                             "not in the URL")
+        endpoints: list[tuple[str, int]] = []
+        for hostport in filter(None, parts.netloc.split(",")):
+            host, _, port = hostport.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"etcd endpoint {hostport!r} is not HOST:PORT")
+            endpoints.append((host.strip("[]"), int(port)))
+        if not endpoints:
+            raise ValueError(f"etcd URL names no endpoint: {url!r}")
+        query = parse_qs(parts.query)
+        timeout = float(query.get("timeout", ["5"])[0])
+        return cls(
+            endpoints=tuple(endpoints),
+            prefix=normalize_prefix(parts.path or "/whplane/"),
+            username=env.get("WH_ETCD_USERNAME") or None,
+            password=env.get("WH_ETCD_PASSWORD") or None,
+            timeout_s=timeout,
+        )
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        return f"etcd://{hosts}{self.prefix}"
+
+
+class EtcdConnection:
+    def __init__(self, settings: EtcdSettings) -> None:
+        self.settings = settings
+        self._index = random.randrange(len(settings.endpoints))
+        self._client: aetcd.Client | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.settings.endpoints[self._index]
+        return f"{host}:{port}"
+
+    async def client(self) -> aetcd.Client:
+        async with self._lock:
+            if self._client is None:
+                host, port = self.settings.endpoints[self._index]
+                client = aetcd.Client(
+                    host=host,
+                    port=port,
+                    username=self.settings.username,
+                    password=self.settings.password,
+                    timeout=self.settings.timeout_s,  # type: ignore[arg-type]
+                    options=GRPC_OPTIONS,
+                )
+                try:
+                    await asyncio.wait_for(client.connect(), self.settings.timeout_s)
+                except BaseException:
+                    await _close_quietly(client)
+                    raise
+                self._client = client
+            return self._client
+
+    async def failover(self) -> None:
+        """Drop the current client and move to the next endpoint."""
+        async with self._lock:
+            old, self._client = self._client, None
+            self._index = (self._index + 1) % len(self.settings.endpoints)
+        if old is not None:
+            await _close_quietly(old)
+
+    async def call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+        """Run `fn` against the cluster, trying each endpoint once on connection errors."""
+        last: BaseException | None = None
+        for _ in range(len(self.settings.endpoints)):
+            try:
+                client = await self.client()
+                return await asyncio.wait_for(fn(client), self.settings.timeout_s * 2)
+            except aetcd.exceptions.RevisionCompactedError as exc:
+                raise RevisionCompacted(exc.compacted_revision) from exc
+            except _CONNECTION_ERRORS as exc:
+                last = exc
+                log.debug("etcd %s failed: %s", self.endpoint, describe(exc))
+                await self.failover()
+        raise StoreUnavailable(f"etcd unreachable at {self.settings.url}: {describe(last)}")
+
+    async def close(self) -> None:
+        async with self._lock:
+            old, self._client = self._client, None
+        if old is not None:
+            await _close_quietly(old)
+
+
+def describe(exc: BaseException | None) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if exc is None:
+        return "unknown error"
+    return str(exc) or type(exc).__name__
+
+
+async def _close_quietly(client: aetcd.Client) -> None:
+    try:
+        await asyncio.wait_for(client.close(), 2.0)
+    except Exception as exc:  # closing a broken channel may fail in many ways; nothing to do
+        log.debug("closing etcd client: %s", describe(exc))

@@ -1,0 +1,183 @@
+"""Parse resource documents (YAML multi-document or JSON) into validated resources.
+
+Errors never stop at the first one: every invalid document is reported with its file, its index
+in the file, the field path and the reason, so an operator fixes everything in one go.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from providers.errors import DocumentError, DocumentErrors, Location
+from providers.resources import KINDS, AnyResource, Resource, ResourceKey, key_of
+
+RESOURCE_ADAPTER: TypeAdapter[AnyResource] = TypeAdapter(Resource)
+SUFFIXES = (".yaml", ".yml", ".json")
+
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def field_path(doc: object, loc: Iterable[int | str]) -> str:
+    """Turn a pydantic error location into the path of the field in the document.
+
+    pydantic puts the tags of discriminated unions ("Webhook", "github", ...) into `loc`; they are
+    not fields, so walk the document and keep only the steps that exist in it.
+    """
+    parts: list[str] = []
+    node: Any = doc
+    for step in loc:
+        if isinstance(node, Mapping):
+            if step in node:
+                parts.append(f".{step}" if parts else str(step))
+                node = node[step]
+            elif (isinstance(step, str) and step[:1].isupper()) or _is_tag(node, step):
+                continue
+            else:
+                parts.append(f".{step}" if parts else str(step))
+                node = None
+        elif isinstance(node, list | tuple) and isinstance(step, int):
+            parts.append(f"[{step}]")
+            node = node[step] if step < len(node) else None
+        elif isinstance(step, str) and "[" in step:
+            continue  # a validator's name such as "function-after[...]"
+        else:
+            parts.append(f".{step}" if parts else str(step))
+            node = None
+    return "".join(parts)
+
+
+def _is_tag(node: Mapping[str, Any], step: object) -> bool:
+    return step in {node.get("scheme"), node.get("module"), node.get("type"), node.get("kind")}
+
+
+def _reason(err: Mapping[str, Any]) -> str:
+    msg = str(err["msg"])
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        return "unknown field"
+    if err["type"] == "union_tag_invalid":
+        expected = err.get("ctx", {}).get("expected_tags", "")
+        tag = err.get("ctx", {}).get("discriminator", "")
+        return f"unknown {tag.strip(chr(39))} {err['ctx'].get('tag')!r}; expected one of {expected}"
+    if err["type"] == "string_pattern_mismatch" and "a-z0-9" in str(err.get("ctx", {})):
+        return "invalid name: use lower-case letters, digits and '-', 1-63 characters"
+    return msg.removeprefix("Value error, ")
+
+
+def validate_document(doc: object, location: Location) -> AnyResource:
+    """Validate one parsed document; raise DocumentErrors naming every problem in it."""
+    if not isinstance(doc, Mapping):
+        raise DocumentErrors(
+            [DocumentError(location, "", f"expected a mapping, got {type(doc).__name__}")]
+        )
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        reason = "missing" if kind is None else f"unknown kind {kind!r}"
+        raise DocumentErrors(
+            [DocumentError(location, "kind", f"{reason}; expected one of {', '.join(KINDS)}")]
+        )
+    try:
+        return RESOURCE_ADAPTER.validate_python(doc)
+    except ValidationError as exc:
+        raise DocumentErrors(
+            DocumentError(location, field_path(doc, e["loc"]), _reason(e)) for e in exc.errors()
+        ) from None
+
+
+def parse_text(text: str, source: str) -> list[tuple[Location, object]]:
+    """Split a YAML (multi-document) or JSON text into (location, document) pairs.
+
+    A JSON array or a `{"resources": [...]}` object is accepted as a list of documents.
+    """
+    try:
+        if source.endswith(".json"):
+            docs = _unwrap([json.loads(text)])
+        else:
+            docs = _unwrap([d for d in yaml.load_all(text, Loader=_SafeLoader) if d is not None])
+    except json.JSONDecodeError as exc:
+        raise DocumentErrors(
+            [DocumentError(source, "", f"invalid JSON at line {exc.lineno}: {exc.msg}")]
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DocumentErrors([DocumentError(source, "", f"invalid YAML{where}: {problem}")]) from None
+    return [(Location(source, i), d) for i, d in enumerate(docs)]
+
+
+def _unwrap(docs: list[object]) -> list[object]:
+    if len(docs) == 1:
+        only = docs[0]
+        if isinstance(only, list):
+            return only
+        if isinstance(only, dict) and "kind" not in only and isinstance(only.get("resources"), list):
+            return list(only["resources"])
+    return docs
+
+
+def iter_files(path: Path) -> Iterator[Path]:
+    """The config files of a path: the file itself, or *.yaml/*.yml/*.json below a directory.
+
+    Hidden entries are skipped: a Kubernetes ConfigMap volume keeps its generations in `..*`
+    directories, and the caller reads the `..data` generation instead.
+    """
+    if path.is_file():
+        yield path
+        return
+    for child in sorted(path.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            yield from iter_files(child)
+        elif child.suffix in SUFFIXES:
+            yield child
+
+
+def load_documents(
+    texts: Iterable[tuple[str, str]],
+) -> list[tuple[Location, AnyResource]]:
+    """Validate documents from (source, text) pairs; raise DocumentErrors listing all problems.
+
+    Two documents with the same kind, namespace and name are an error too: which one wins would
+    otherwise depend on file order.
+    """
+    errors: list[DocumentError] = []
+    out: list[tuple[Location, AnyResource]] = []
+    seen: dict[ResourceKey, Location] = {}
+    for source, text in texts:
+        try:
+            parsed = parse_text(text, source)
+        except DocumentErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        for location, doc in parsed:
+            try:
+                resource = validate_document(doc, location)
+            except DocumentErrors as exc:
+                errors.extend(exc.errors)
+                continue
+            key = key_of(resource)
+            if key in seen:
+                errors.append(DocumentError(location, "metadata.name", f"{key} already defined "
+                                            f"at {seen[key]}"))
+                continue
+            seen[key] = location
+            out.append((location, resource))
+    if errors:
+        raise DocumentErrors(errors)
+    return out
+
+
+def load_paths(paths: Iterable[Path | str]) -> list[tuple[Location, AnyResource]]:
+    """Load every config file of the given files and directories."""
+    texts: list[tuple[str, str]] = []
+    for p in paths:
+        for f in iter_files(Path(p)):
+            texts.append((str(f), f.read_text(encoding="utf-8")))
+    return load_documents(texts)

@@ -1,0 +1,71 @@
+"""The `ConfigProvider` protocol: where resources come from, and how changes arrive.
+
+A provider hands out raw documents (JSON bytes or already-parsed mappings), not validated
+resources: a value written straight into the store may be invalid, and the snapshot holder must
+be able to skip it, keep the previous version and record the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from providers.resources import ResourceKey
+
+RawDoc = bytes | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """Everything that changed at one store revision (one etcd transaction, one file reload).
+
+    `full` means the batch is the complete state (after a compaction or a reconnect that could
+    not resume): whatever the receiver holds that is not in `puts` is gone.
+    """
+
+    revision: int
+    puts: Mapping[ResourceKey, RawDoc] = field(default_factory=dict)
+    deletes: frozenset[ResourceKey] = frozenset()
+    full: bool = False
+    # Problems of the source itself that no key can carry (an unparsable file, a bad key).
+    source_errors: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.puts) + len(self.deletes)
+
+
+class ProviderState(str, Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    state: ProviderState
+    url: str
+    endpoint: str | None = None
+    last_error: str | None = None
+    reconnects: int = 0
+
+
+class ConfigProvider(Protocol):
+    async def load(self) -> ChangeBatch:
+        """The complete current state as a `full` batch, at one consistent revision."""
+        ...
+
+    def watch(self, after_revision: int) -> AsyncIterator[ChangeBatch]:
+        """Batches for every revision after `after_revision`, in order, forever.
+
+        Reconnects by itself with backoff; yields a `full` batch when it cannot resume exactly
+        (compaction, a store that went back in time). Ends only when the provider is closed.
+        """
+        ...
+
+    @property
+    def status(self) -> ProviderStatus: ...
+
+    async def close(self) -> None: ...

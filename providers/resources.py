@@ -1,0 +1,207 @@
+"""The three resource kinds of `whplane/v1`: Namespace, Connection and Webhook.
+
+A resource is identified by its `ResourceKey` (kind, namespace, name). Namespaces are global;
+a Connection without `metadata.namespace` is global and usable from every namespace; a Webhook
+always lives in a namespace.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import Field, model_validator
+
+from providers.model import Name, Seconds, model
+from providers.step_spec import Step
+from providers.verify_spec import Verify
+
+API_VERSION = "whplane/v1"
+KINDS = ("Namespace", "Connection", "Webhook")
+Kind = Literal["Namespace", "Connection", "Webhook"]
+GLOBAL = "_global"
+
+_SECRET_HEADER = re.compile(r"authorization|token|secret|key|cookie|password", re.IGNORECASE)
+
+
+class ResourceKey(NamedTuple):
+    kind: str
+    namespace: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace or GLOBAL}/{self.name}"
+
+
+@model
+class Metadata:
+    name: Name
+    namespace: Name | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = Field(
+        default=None, ge=1, description="set by the control plane; ignored on input"
+    )
+
+
+# --- Namespace ---------------------------------------------------------------------------
+
+
+@model
+class NamespaceLimits:
+    rate_per_second: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, gt=0)
+
+
+@model
+class NamespaceSpec:
+    description: str = ""
+    limits: NamespaceLimits = NamespaceLimits()
+
+
+@model
+class Namespace:
+    apiVersion: Literal["whplane/v1"]
+    kind: Literal["Namespace"]
+    metadata: Metadata
+    spec: NamespaceSpec = NamespaceSpec()
+
+    @model_validator(mode="after")
+    def _global(self) -> Namespace:
+        if self.metadata.namespace is not None:
+            raise ValueError("a Namespace is global: remove metadata.namespace")
+        return self
+
+
+# --- Connection --------------------------------------------------------------------------
+
+
+@model
+class HttpConnectionSpec:
+    type: Literal["http"]
+    url: str = Field(pattern=r"^https?://", description="http:// or https:// base URL")
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: Seconds = 10
+    verify_tls: bool = True
+    allow_private: bool = Field(
+        default=False,
+        description="allow loopback, private, link-local and metadata addresses (SSRF guard)",
+    )
+    max_connections: int = Field(default=100, gt=0, le=10000)
+
+    def secret_fields(self) -> dict[str, str]:
+        return {f"headers.{k}": v for k, v in self.headers.items() if _SECRET_HEADER.search(k)}
+
+
+@model
+class RedisConnectionSpec:
+    type: Literal["redis"]
+    url: str = Field(pattern=r"^(redis|rediss|unix)://", description="redis:// or rediss:// URL")
+    username: str | None = None
+    password: str | None = None
+    timeout_s: Seconds = 5
+
+    def secret_fields(self) -> dict[str, str]:
+        return {"password": self.password} if self.password is not None else {}
+
+
+ConnectionSpec = Annotated[HttpConnectionSpec | RedisConnectionSpec, Field(discriminator="type")]
+
+
+@model
+class Connection:
+    apiVersion: Literal["whplane/v1"]
+    kind: Literal["Connection"]
+    metadata: Metadata
+    spec: ConnectionSpec
+
+
+# --- Webhook -----------------------------------------------------------------------------
+
+
+@model
+class WebhookLimits:
+    max_body_bytes: int = Field(default=1_048_576, gt=0, le=64 * 1_048_576)
+    max_json_depth: int = Field(default=64, gt=0, le=1000)
+    rate_per_second: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, gt=0)
+
+
+@model
+class Retry:
+    attempts: int = Field(default=5, ge=1, le=100)
+    initial_delay_s: Seconds = 0.5
+    max_delay_s: Seconds = 30
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Retry:
+        if self.max_delay_s < self.initial_delay_s:
+            raise ValueError("max_delay_s must be at least initial_delay_s")
+        return self
+
+
+@model
+class Delivery:
+    mode: Literal["sync", "async"] = "sync"
+    retry: Retry = Retry()
+    idempotency_header: str | None = Field(
+        default=None,
+        description="header carrying the sender's delivery id; repeats within "
+        "idempotency_window_s are answered without delivering again",
+    )
+    idempotency_window_s: Seconds = 86400
+
+
+@model
+class Chain:
+    mode: Literal["sequential", "parallel"] = "sequential"
+    timeout_s: Seconds = 30
+    continue_on_error: bool = False
+    steps: tuple[Step, ...] = Field(min_length=1)
+
+
+@model
+class WebhookSpec:
+    verify: Verify
+    limits: WebhookLimits = WebhookLimits()
+    delivery: Delivery = Delivery()
+    chain: Chain
+    payload_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema the payload must match (JSON bodies only)"
+    )
+
+    def connections(self) -> tuple[str, ...]:
+        return tuple(c for s in self.chain.steps if (c := getattr(s, "connection", None)))
+
+
+@model
+class Webhook:
+    apiVersion: Literal["whplane/v1"]
+    kind: Literal["Webhook"]
+    metadata: Metadata
+    spec: WebhookSpec
+
+    @model_validator(mode="after")
+    def _namespaced(self) -> Webhook:
+        if self.metadata.namespace is None:
+            raise ValueError("a Webhook lives in a namespace: set metadata.namespace")
+        return self
+
+
+Resource = Annotated[Namespace | Connection | Webhook, Field(discriminator="kind")]
+AnyResource = Namespace | Connection | Webhook
+
+
+def key_of(resource: AnyResource) -> ResourceKey:
+    return ResourceKey(resource.kind, resource.metadata.namespace, resource.metadata.name)
+
+
+def secret_fields(resource: AnyResource) -> dict[str, str]:
+    """Field path -> value of every field that holds a secret (must be a reference)."""
+    if isinstance(resource, Webhook):
+        v = resource.spec.verify
+        secrets = getattr(v, "secret", ())
+        return {f"spec.verify.secret[{i}]": s for i, s in enumerate(secrets)}
+    if isinstance(resource, Connection):
+        return {f"spec.{k}": s for k, s in resource.spec.secret_fields().items()}
+    return {}

@@ -1,0 +1,115 @@
+"""The immutable, namespaced config snapshot a gateway serves from.
+
+A `Snapshot` is a value: built once for a store revision, never changed afterwards. Its maps are
+persistent hash maps (`immutables.Map`), so the next snapshot shares everything with this one
+except the entries a change touched: building it costs O(size of the change · log n), not
+O(total config).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from immutables import Map
+
+from providers.errors import InconsistentSnapshot
+from providers.provider import RawDoc
+from providers.resources import AnyResource, Connection, Namespace, ResourceKey, Webhook
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One resource in force: the document as stored (references unresolved) and resolved."""
+
+    raw: RawDoc
+    resource: AnyResource
+    vault_paths: frozenset[str] = frozenset()
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What the data plane needs to serve one webhook: it, its namespace, its connections."""
+
+    webhook: Webhook
+    namespace: Namespace | None
+    connections: Map[str, Connection]
+
+
+_EMPTY: Map[ResourceKey, Entry] = Map()
+_NO_ERRORS: Map[str, str] = Map()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    revision: int
+    entries: Map[ResourceKey, Entry] = _EMPTY
+    # Resource key (as text) or source -> why the latest version there is not in force.
+    errors: Map[str, str] = _NO_ERRORS
+    built_at: float = field(default_factory=time.time)
+
+    # -- reads (the hot path) --------------------------------------------------------------
+
+    def webhook(self, namespace: str, name: str) -> Webhook | None:
+        entry = self.entries.get(ResourceKey("Webhook", namespace, name))
+        return entry.resource if entry is not None else None  # type: ignore[return-value]
+
+    def connection(self, namespace: str | None, name: str) -> Connection | None:
+        """The namespace's connection of that name, else the global one."""
+        entry = None
+        if namespace is not None:
+            entry = self.entries.get(ResourceKey("Connection", namespace, name))
+        if entry is None:
+            entry = self.entries.get(ResourceKey("Connection", None, name))
+        return entry.resource if entry is not None else None  # type: ignore[return-value]
+
+    def namespace(self, name: str) -> Namespace | None:
+        entry = self.entries.get(ResourceKey("Namespace", None, name))
+        return entry.resource if entry is not None else None  # type: ignore[return-value]
+
+    def endpoint(self, namespace: str, name: str) -> Endpoint | None:
+        hook = self.webhook(namespace, name)
+        if hook is None:
+            return None
+        conns: dict[str, Connection] = {}
+        for cname in hook.spec.connections():
+            conn = self.connection(namespace, cname)
+            if conn is not None:
+                conns[cname] = conn
+        return Endpoint(hook, self.namespace(namespace), Map(conns))
+
+    # -- reads for status, persistence, tooling --------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def resources(self) -> Iterator[AnyResource]:
+        return (e.resource for e in self.entries.values())
+
+    def raw_documents(self) -> Iterator[tuple[ResourceKey, RawDoc]]:
+        return ((k, e.raw) for k, e in self.entries.items())
+
+    def webhook_counts(self) -> dict[str, int]:
+        return dict(
+            Counter(k.namespace or "" for k in self.entries.keys() if k.kind == "Webhook")
+        )
+
+    def missing_connections(self, keys: Iterable[ResourceKey] | None = None) -> list[str]:
+        """Connections that webhooks (all, or those of `keys`) name but the snapshot lacks."""
+        missing: list[str] = []
+        for key in self.entries.keys() if keys is None else keys:
+            entry = self.entries.get(key)
+            if entry is None or not isinstance(entry.resource, Webhook):
+                continue
+            for cname in entry.resource.spec.connections():
+                if self.connection(key.namespace, cname) is None:
+                    missing.append(f"{key} -> Connection/{cname}")
+        return missing
+
+    def check_consistent(self, keys: Iterable[ResourceKey] | None = None) -> None:
+        missing = self.missing_connections(keys)
+        if missing:
+            raise InconsistentSnapshot(self.revision, sorted(missing))
