@@ -11,10 +11,12 @@ way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,12 +32,24 @@ from providers.errors import (
 from providers.last_good import LastGood
 from providers.loader import RESOURCE_ADAPTER, validate_document
 from providers.provider import ChangeBatch, ConfigProvider, RawDoc
-from providers.references import VaultRef, env_resolver, iter_strings, refs_in, substitute
+from providers.references import (
+    Ref,
+    VaultRef,
+    env_resolver,
+    iter_strings,
+    refs_in,
+    refs_in_json,
+    substitute,
+    substitute_json,
+)
 from providers.resources import AnyResource, ResourceKey, Webhook, key_of
 from providers.snapshot import Entry, Snapshot
 
 log = logging.getLogger(__name__)
 _NO_PATHS: frozenset[str] = frozenset()
+# Building a snapshot allocates many objects that all stay alive; the cyclic GC would rescan
+# the growing heap again and again (measured: 9 s instead of 3 s for 110k resources).
+GC_PAUSE_THRESHOLD = 1000
 
 
 class SecretSource(Protocol):
@@ -50,7 +64,10 @@ class SecretSource(Protocol):
 class _Prepared:
     key: ResourceKey
     raw: RawDoc
-    doc: Mapping[str, Any] | None  # parsed, when it holds references
+    # When the document holds references: its JSON text (the fast path for bytes from a
+    # store), or the parsed document (mappings from files, and the slow path).
+    text: str | None
+    doc: Mapping[str, Any] | None
     vault_paths: frozenset[str]
     revision: int
 
@@ -120,6 +137,10 @@ class SnapshotHolder:
 
     async def apply(self, batch: ChangeBatch) -> Snapshot:
         """Build the snapshot for `batch` on top of the current one and publish it."""
+        with _gc_paused(len(batch) >= GC_PAUSE_THRESHOLD):
+            return await self._apply(batch)
+
+    async def _apply(self, batch: ChangeBatch) -> Snapshot:
         prev = self._current
         entries = prev.entries.mutate()
         errors = (Map() if batch.full else prev.errors).mutate()
@@ -160,20 +181,30 @@ class SnapshotHolder:
         return await self._publish(snapshot)
 
     def _prepare(self, key: ResourceKey, raw: RawDoc, revision: int) -> _Prepared:
+        text: str | None = None
         doc: Mapping[str, Any] | None = None
+        refs: list[Ref] | None = None
         if isinstance(raw, bytes):
-            if b"{$" in raw or b"<$vault:" in raw:
-                doc = self._parse_bytes(raw)
+            if b"{$" not in raw and b"<$vault:" not in raw:
+                return _Prepared(key, raw, None, None, _NO_PATHS, revision)
+            try:
+                text = raw.decode()
+                refs = refs_in_json(text)
+            except UnicodeDecodeError:
+                text = None
+            if refs is None:
+                text, doc = None, self._parse_bytes(raw)
         elif any(True for _ in iter_strings(raw)):
             doc = raw
-        if doc is None:
-            return _Prepared(key, raw, None, _NO_PATHS, revision)
-        try:
-            refs = refs_in(doc)
-        except ReferenceError_ as exc:
-            raise _Failed(str(exc)) from None
-        paths = frozenset(r.path for rs in refs.values() for r in rs if isinstance(r, VaultRef))
-        return _Prepared(key, raw, doc, paths, revision)
+        else:
+            return _Prepared(key, raw, None, None, _NO_PATHS, revision)
+        if refs is None:
+            try:
+                refs = [r for rs in refs_in(doc).values() for r in rs]
+            except ReferenceError_ as exc:
+                raise _Failed(str(exc)) from None
+        paths = frozenset(r.path for r in refs if isinstance(r, VaultRef))
+        return _Prepared(key, raw, text, doc, paths or _NO_PATHS, revision)
 
     @staticmethod
     def _parse_bytes(raw: bytes) -> Mapping[str, Any]:
@@ -193,26 +224,42 @@ class SnapshotHolder:
     def _validate(self, p: _Prepared) -> AnyResource:
         location = Location(str(p.key))
         try:
-            if p.doc is None:
-                if isinstance(p.raw, bytes):
-                    try:
-                        return RESOURCE_ADAPTER.validate_json(p.raw)
-                    except ValueError:
-                        # Slow path only for invalid values: re-parse for a precise message.
-                        return validate_document(self._parse_bytes(p.raw), location)
+            if p.text is not None:
+                resolved: Any = substitute_json(p.text, self._resolve)
+                try:
+                    return RESOURCE_ADAPTER.validate_json(resolved)
+                except ValueError:
+                    resolved = json.loads(resolved)
+            elif p.doc is not None:
+                resolved = substitute(p.doc, self._resolve)
+                try:
+                    return RESOURCE_ADAPTER.validate_python(resolved)
+                except ValueError:
+                    pass
+            elif isinstance(p.raw, bytes):
+                try:
+                    return RESOURCE_ADAPTER.validate_json(p.raw)
+                except ValueError:
+                    # Slow path only for invalid values: re-parse for a precise message.
+                    return validate_document(self._parse_bytes(p.raw), location)
+            else:
                 return validate_document(p.raw, location)
-            # Validate the unresolved document first: its errors can never echo a secret.
-            validate_document(p.doc, location)
-            resolved = substitute(p.doc, self._resolve)
         except DocumentErrors as exc:
-            raise _Failed("; ".join(f"{e.path}: {e.reason}" for e in exc.errors)) from None
+            raise _Failed(_messages(exc)) from None
         except ReferenceError_ as exc:
             raise _Failed(str(exc), retryable=bool(p.vault_paths)) from None
+        # Invalid with references resolved. Report the document as written first: those
+        # messages can never echo a resolved secret.
+        doc = p.doc if p.doc is not None else self._parse_bytes(p.raw)  # type: ignore[arg-type]
         try:
-            return validate_document(resolved, location)
+            validate_document(doc, location)
         except DocumentErrors as exc:
-            msg = "; ".join(f"{e.path}: {e.reason} (after resolving references)" for e in exc.errors)
-            raise _Failed(msg) from None
+            raise _Failed(_messages(exc)) from None
+        try:
+            validate_document(resolved, location)
+        except DocumentErrors as exc:
+            raise _Failed(_messages(exc) + " (after resolving references)") from None
+        raise _Failed("invalid after resolving references")
 
     def _build(
         self,
@@ -434,3 +481,19 @@ def _has_connection(entries: Any, namespace: str | None, name: str) -> bool:
         ResourceKey("Connection", namespace, name) in entries
         or ResourceKey("Connection", None, name) in entries
     )
+
+
+def _messages(exc: DocumentErrors) -> str:
+    return "; ".join(f"{e.path}: {e.reason}" for e in exc.errors)
+
+
+@contextlib.contextmanager
+def _gc_paused(pause: bool) -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    if pause and was_enabled:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if pause and was_enabled:
+            gc.enable()

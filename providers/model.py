@@ -65,4 +65,14 @@ Secrets = Annotated[
     ),
 ]
 
+def shared(value: T) -> T:
+    """A default that every instance shares.
+
+    pydantic deep-copies a plain default that it cannot prove immutable (our frozen models
+    included) on every validation: 100k webhooks would each get private copies of identical
+    default limits, retries and step configs. Frozen values are safe to share.
+    """
+    return Field(default_factory=lambda: value)  # type: ignore[no-any-return]
+
+
 Seconds = Annotated[float, Field(gt=0, le=86400)]

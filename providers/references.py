@@ -12,9 +12,11 @@ exactly as they are: nothing is trimmed, escaped or "sanitised".
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from providers.errors import ReferenceError_
@@ -87,8 +89,12 @@ def _parse_one(body: str, opener: str) -> Ref:
     return EnvRef(name, default if has_default else None)
 
 
+@lru_cache(maxsize=8192)
 def parse(text: str) -> Template:
-    """Split `text` into literals and references; raise ReferenceError_ on a malformed one."""
+    """Split `text` into literals and references; raise ReferenceError_ on a malformed one.
+
+    Cached: the same reference strings recur across thousands of resources.
+    """
     parts: list[str | Ref] = []
     pos = 0
     for m in _OPENERS.finditer(text):
@@ -108,6 +114,38 @@ def parse(text: str) -> Template:
     if pos < len(text):
         parts.append(text[pos:])
     return Template(tuple(parts))
+
+
+# A reference inside JSON text. References never hold quotes or backslashes (names and paths
+# cannot, and a default that does is not matched), so a match never crosses a JSON string.
+_REF_IN_JSON = re.compile(r'\{\$[^}"\\]*\}|<\$vault:[^>"\\]*>')
+
+
+def refs_in_json(text: str) -> list[Ref] | None:
+    """References in a JSON document's text, or None when only a full parse can tell.
+
+    Much cheaper than parsing the JSON and walking it; None sends the caller down the slow path
+    (`refs_in` on the parsed document), which also names the field of a malformed reference.
+    """
+    found = _REF_IN_JSON.findall(text)
+    if len(found) != text.count("{$") + text.count("<$vault:"):
+        return None
+    try:
+        return [r for m in found for r in parse(m).refs]
+    except ReferenceError_:
+        return None
+
+
+def substitute_json(text: str, resolve: Callable[[Ref], str]) -> str:
+    """`text` (a JSON document) with every reference replaced by its JSON-escaped value."""
+
+    def one(m: re.Match[str]) -> str:
+        return "".join(
+            p if isinstance(p, str) else json.dumps(resolve(p), ensure_ascii=False)[1:-1]
+            for p in parse(m.group()).parts
+        )
+
+    return _REF_IN_JSON.sub(one, text)
 
 
 def iter_strings(obj: Any, path: str = "") -> Iterator[tuple[str, str]]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
-from providers.model import Name, Seconds, model
+from providers.model import Name, Seconds, model, shared
 from providers.step_spec import Step
 from providers.verify_spec import Verify
 
@@ -56,7 +56,7 @@ class NamespaceLimits:
 @model
 class NamespaceSpec:
     description: str = ""
-    limits: NamespaceLimits = NamespaceLimits()
+    limits: NamespaceLimits = shared(NamespaceLimits())
 
 
 @model
@@ -64,7 +64,7 @@ class Namespace:
     apiVersion: Literal["whplane/v1"]
     kind: Literal["Namespace"]
     metadata: Metadata
-    spec: NamespaceSpec = NamespaceSpec()
+    spec: NamespaceSpec = shared(NamespaceSpec())
 
     @model_validator(mode="after")
     def _global(self) -> Namespace:
@@ -143,7 +143,7 @@ class Retry:
 @model
 class Delivery:
     mode: Literal["sync", "async"] = "sync"
-    retry: Retry = Retry()
+    retry: Retry = shared(Retry())
     idempotency_header: str | None = Field(
         default=None,
         description="header carrying the sender's delivery id; repeats within "
@@ -163,8 +163,8 @@ class Chain:
 @model
 class WebhookSpec:
     verify: Verify
-    limits: WebhookLimits = WebhookLimits()
-    delivery: Delivery = Delivery()
+    limits: WebhookLimits = shared(WebhookLimits())
+    delivery: Delivery = shared(Delivery())
     chain: Chain
     payload_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the payload must match (JSON bodies only)"

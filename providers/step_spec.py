@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from providers.model import Name, Seconds, model
+from providers.model import Name, Seconds, model, shared
 
 
 @model
@@ -18,7 +18,7 @@ class LogConfig:
 @model
 class LogStep:
     module: Literal["log"]
-    config: LogConfig = LogConfig()
+    config: LogConfig = shared(LogConfig())
 
 
 @model
@@ -35,7 +35,7 @@ class HttpConfig:
 class HttpStep:
     module: Literal["http"]
     connection: Name
-    config: HttpConfig = HttpConfig()
+    config: HttpConfig = shared(HttpConfig())
     timeout_s: Seconds | None = None
 
 
