@@ -1,0 +1,54 @@
+"""One accepted webhook on its way to its destinations: what the chain, the queue and the
+worker pass around. Serialised to flat string fields for Redis streams."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    namespace: str
+    webhook: str
+    body: bytes
+    headers: Mapping[str, str]  # lower-case names of the request headers worth passing on
+    revision: int  # config revision of the snapshot that accepted it
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    received_at: float = field(default_factory=time.time)
+    attempt: int = 0
+    request_id: str = ""
+
+    def to_fields(self) -> dict[str, bytes]:
+        return {
+            "id": self.id.encode(),
+            "namespace": self.namespace.encode(),
+            "webhook": self.webhook.encode(),
+            "body": self.body,
+            "headers": json.dumps(dict(self.headers)).encode(),
+            "revision": str(self.revision).encode(),
+            "received_at": repr(self.received_at).encode(),
+            "attempt": str(self.attempt).encode(),
+            "request_id": self.request_id.encode(),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes, bytes]) -> Delivery:
+        return cls(
+            id=fields[b"id"].decode(),
+            namespace=fields[b"namespace"].decode(),
+            webhook=fields[b"webhook"].decode(),
+            body=fields[b"body"],
+            headers=json.loads(fields[b"headers"]),
+            revision=int(fields[b"revision"]),
+            received_at=float(fields[b"received_at"]),
+            attempt=int(fields.get(b"attempt", b"0")),
+            request_id=fields.get(b"request_id", b"").decode(),
+        )
+
+    def next_attempt(self) -> Delivery:
+        return Delivery(self.namespace, self.webhook, self.body, self.headers, self.revision,
+                        self.id, self.received_at, self.attempt + 1, self.request_id)
