@@ -30,7 +30,7 @@ from providers.resources import ResourceKey
 from providers.store_keys import RESOURCES, parse_resource_key
 
 log = logging.getLogger(__name__)
-PAGE = 5_000
+PAGE = 20_000
 _STREAM_ERRORS = (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, OSError, TimeoutError)
 _PUT = rpc.Event.PUT
 

@@ -161,8 +161,9 @@ class SnapshotHolder:
             except _Failed as exc:
                 self._fail(key, raw, exc, entries, errors)
         await self._fetch_secrets(p.vault_paths for p in prepared)
+        memo: dict[str, str] = {}  # resolved references, for this build only
         for p in prepared:
-            self._build(p, entries, errors, full=batch.full)
+            self._build(p, entries, errors, batch.full, memo)
 
         for key in batch.deletes:
             self._retry.pop(key, None)
@@ -221,11 +222,11 @@ class SnapshotHolder:
         if paths and self._secrets is not None:
             await self._secrets.fetch(paths)
 
-    def _validate(self, p: _Prepared) -> AnyResource:
+    def _validate(self, p: _Prepared, memo: dict[str, str]) -> AnyResource:
         location = Location(str(p.key))
         try:
             if p.text is not None:
-                resolved: Any = substitute_json(p.text, self._resolve)
+                resolved: Any = substitute_json(p.text, self._resolve, memo)
                 try:
                     return RESOURCE_ADAPTER.validate_json(resolved)
                 except ValueError:
@@ -267,9 +268,10 @@ class SnapshotHolder:
         entries: Any,
         errors: Any,
         full: bool,
+        memo: dict[str, str],
     ) -> None:
         try:
-            resource = self._validate(p)
+            resource = self._validate(p, memo)
             actual = key_of(resource)
             if actual != p.key:
                 raise _Failed(f"document is {actual} but is stored as {p.key}")
@@ -489,6 +491,11 @@ def _messages(exc: DocumentErrors) -> str:
 
 @contextlib.contextmanager
 def _gc_paused(pause: bool) -> Iterator[None]:
+    """Pause the cyclic GC while building; then move what exists into the permanent generation.
+
+    Snapshot objects are acyclic and freed by reference counting when a snapshot is replaced,
+    frozen or not; freezing only spares every later collection from rescanning them.
+    """
     was_enabled = gc.isenabled()
     if pause and was_enabled:
         gc.disable()
@@ -496,4 +503,5 @@ def _gc_paused(pause: bool) -> Iterator[None]:
         yield
     finally:
         if pause and was_enabled:
+            gc.freeze()
             gc.enable()

@@ -136,14 +136,26 @@ def refs_in_json(text: str) -> list[Ref] | None:
         return None
 
 
-def substitute_json(text: str, resolve: Callable[[Ref], str]) -> str:
-    """`text` (a JSON document) with every reference replaced by its JSON-escaped value."""
+def substitute_json(
+    text: str, resolve: Callable[[Ref], str], memo: dict[str, str] | None = None
+) -> str:
+    """`text` (a JSON document) with every reference replaced by its JSON-escaped value.
+
+    `memo` caches replacements across documents resolved together (one snapshot build): the
+    same reference strings recur in thousands of them.
+    """
+    cache: dict[str, str] = {} if memo is None else memo
 
     def one(m: re.Match[str]) -> str:
-        return "".join(
-            p if isinstance(p, str) else json.dumps(resolve(p), ensure_ascii=False)[1:-1]
-            for p in parse(m.group()).parts
-        )
+        found = m.group()
+        value = cache.get(found)
+        if value is None:
+            value = "".join(
+                p if isinstance(p, str) else json.dumps(resolve(p), ensure_ascii=False)[1:-1]
+                for p in parse(found).parts
+            )
+            cache[found] = value
+        return value
 
     return _REF_IN_JSON.sub(one, text)
 
