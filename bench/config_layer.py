@@ -65,7 +65,7 @@ async def seed(endpoint: str, docs: dict[ResourceKey, bytes]) -> None:
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 async def change_cost(holder: SnapshotHolder, docs: dict[ResourceKey, bytes], runs: int) -> float:
@@ -125,7 +125,7 @@ async def main(n_hooks: int) -> None:
         await provider.close()
         tracemalloc.start()
         holder = SnapshotHolder(env=ENV)
-        snap = await holder.apply(batch)
+        await holder.apply(batch)
         del batch
         gc.collect()
         retained = tracemalloc.get_traced_memory()[0]

@@ -1,7 +1,7 @@
 """Errors of the config layer.
 
     ProviderError                 base of everything raised by `providers`
-    ├── DocumentError             one resource document is invalid (names file, index, field, reason)
+    ├── DocumentError             one invalid resource document (file, index, field, reason)
     │   └── DocumentErrors        several of them, from one load or one apply
     ├── ReferenceError_           a `{$...}` reference is malformed or cannot be resolved
     ├── SecretBackendError        Vault could not be reached or refused us

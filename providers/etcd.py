@@ -131,19 +131,12 @@ class EtcdProvider:
                     attempt = 0
                     last = batch.revision
                     yield batch
-            except RevisionCompacted as exc:
-                log.warning("etcd compacted past revision %d (%s): full reload", last + 1, exc)
-                batch = await self._reload_or_none()
-                if batch is not None:
-                    last = batch.revision
-                    yield batch
-                    continue
-            except _Restart as exc:
-                log.warning("etcd %s: full reload", exc)
-                batch = await self._reload_or_none()
-                if batch is not None:
-                    last = batch.revision
-                    yield batch
+            except (RevisionCompacted, _Restart) as exc:
+                log.warning("etcd cannot resume after revision %d (%s): full reload", last, exc)
+                reloaded = await self._reload_or_none()
+                if reloaded is not None:
+                    last = reloaded.revision
+                    yield reloaded
                     continue
             except (ProviderError, *_STREAM_ERRORS) as exc:
                 self._mark_down(exc)

@@ -111,7 +111,7 @@ class EtcdConnection:
                     port=port,
                     username=self.settings.username,
                     password=self.settings.password,
-                    timeout=self.settings.timeout_s,  # type: ignore[arg-type]
+                    timeout=self.settings.timeout_s,
                     options=GRPC_OPTIONS,
                 )
                 try:

@@ -104,6 +104,7 @@ class SnapshotHolder:
         self._path_users: dict[str, set[ResourceKey]] = {}
         self._retry: dict[ResourceKey, RawDoc] = {}
         self._dirty = asyncio.Event()
+        self._persist_lock = asyncio.Lock()
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.started_from_last_good = False
 
@@ -333,9 +334,14 @@ class SnapshotHolder:
                 )
                 self._unindex(wkey, entry)
                 old_hook = prev.entries.get(wkey)
-                if old_hook is not None and old_hook is not entry and all(
-                    _has_connection(entries, wkey.namespace, c)
-                    for c in old_hook.resource.spec.connections()
+                if (
+                    old_hook is not None
+                    and old_hook is not entry
+                    and isinstance(old_hook.resource, Webhook)
+                    and all(
+                        _has_connection(entries, wkey.namespace, c)
+                        for c in old_hook.resource.spec.connections()
+                    )
                 ):
                     entries[wkey] = old_hook
                     self._index(wkey, old_hook)
@@ -460,18 +466,17 @@ class SnapshotHolder:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            snap = self._current
             try:
-                await asyncio.to_thread(
-                    self._last_good.write, snap.revision, list(snap.raw_documents()), self._source
-                )
+                await self.flush()
             except OSError as exc:
                 log.warning("could not save last good config: %s", exc)
             await asyncio.sleep(self._persist_interval_s)
 
     async def flush(self) -> None:
-        """Write the last good config now (tests, shutdown)."""
-        if self._last_good is not None and self.ready:
+        """Write the last good config now (also used at shutdown)."""
+        if self._last_good is None or not self.ready:
+            return
+        async with self._persist_lock:  # one writer: the newest snapshot must land last
             snap = self._current
             await asyncio.to_thread(
                 self._last_good.write, snap.revision, list(snap.raw_documents()), self._source

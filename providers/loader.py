@@ -107,7 +107,8 @@ def parse_text(text: str, source: str) -> list[tuple[Location, object]]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise DocumentErrors([DocumentError(source, "", f"invalid YAML{where}: {problem}")]) from None
+        error = DocumentError(source, "", f"invalid YAML{where}: {problem}")
+        raise DocumentErrors([error]) from None
     return [(Location(source, i), d) for i, d in enumerate(docs)]
 
 
@@ -116,8 +117,10 @@ def _unwrap(docs: list[object]) -> list[object]:
         only = docs[0]
         if isinstance(only, list):
             return only
-        if isinstance(only, dict) and "kind" not in only and isinstance(only.get("resources"), list):
-            return list(only["resources"])
+        if isinstance(only, dict) and "kind" not in only:
+            inner = only.get("resources")
+            if isinstance(inner, list):
+                return inner
     return docs
 
 

@@ -6,6 +6,7 @@ Each `commit()` is one revision, delivered to watchers as one batch, like an etc
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -69,10 +70,13 @@ class MemoryProvider:
         sent = after_revision
         while not self._closed:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._revision > sent or self._closed)
+                await self._changed.wait_for(functools.partial(self._news, sent))
             for batch in [b for b in self._log if b.revision > sent]:
                 sent = batch.revision
                 yield batch
+
+    def _news(self, after: int) -> bool:
+        return self._revision > after or self._closed
 
     async def close(self) -> None:
         self._closed = True

@@ -25,7 +25,8 @@ T = TypeVar("T")
 @dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(Field,))
 def model(cls: type[T]) -> type[T]:
     """Make `cls` a frozen, slotted, keyword-only pydantic dataclass that forbids extra fields."""
-    return dataclass(frozen=True, slots=True, kw_only=True, config=MODEL_CONFIG)(cls)  # type: ignore[no-any-return]
+    made = dataclass(frozen=True, slots=True, kw_only=True, config=MODEL_CONFIG)(cls)
+    return made  # type: ignore[return-value]
 
 
 Name = Annotated[
@@ -72,7 +73,7 @@ def shared(value: T) -> T:
     included) on every validation: 100k webhooks would each get private copies of identical
     default limits, retries and step configs. Frozen values are safe to share.
     """
-    return Field(default_factory=lambda: value)  # type: ignore[no-any-return]
+    return Field(default_factory=lambda: value)  # type: ignore[no-any-return,unused-ignore]
 
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]

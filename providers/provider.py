@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 from providers.resources import ResourceKey
@@ -36,7 +36,7 @@ class ChangeBatch:
         return len(self.puts) + len(self.deletes)
 
 
-class ProviderState(str, Enum):
+class ProviderState(StrEnum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"

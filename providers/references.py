@@ -43,7 +43,8 @@ class VaultRef:
     default: str | None = None
 
     def __str__(self) -> str:
-        return "{$vault:" + f"{self.path}#{self.field}" + ("" if self.default is None else ":...") + "}"
+        default = "" if self.default is None else ":..."
+        return "{$vault:" + f"{self.path}#{self.field}{default}" + "}"
 
 
 Ref = EnvRef | VaultRef
@@ -84,7 +85,8 @@ def _parse_one(body: str, opener: str) -> Ref:
         raise ReferenceError_("empty variable name in '{$}' reference")
     if not _VAR.fullmatch(name):
         raise ReferenceError_(
-            f"invalid variable name {name!r}: use letters, digits and '_', not starting with a digit"
+            f"invalid variable name {name!r}: "
+            "use letters, digits and '_', not starting with a digit"
         )
     return EnvRef(name, default if has_default else None)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from providers.loader import RESOURCE_ADAPTER
@@ -19,10 +18,3 @@ def resource_json_schema() -> dict[str, Any]:
         **schema,
     }
 
-
-def main() -> None:
-    print(json.dumps(resource_json_schema(), indent=2))  # noqa: T201 - a tool's output
-
-
-if __name__ == "__main__":
-    main()
