@@ -181,3 +181,10 @@ def test_json_schema_export() -> None:
     text = json.dumps(schema)
     assert "Webhook" in text and "github" in text and "redis_stream" in text
     assert schema["$schema"].startswith("https://json-schema.org/")
+
+
+def test_published_json_schema_is_current() -> None:
+    published = Path(__file__).parents[2] / "docs" / "resource.schema.json"
+    assert json.loads(published.read_text()) == resource_json_schema(), (
+        "docs/resource.schema.json is stale: regenerate it from providers.schema_export"
+    )

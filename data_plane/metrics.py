@@ -1,0 +1,74 @@
+"""Prometheus metrics of a gateway, in a registry the app owns (no process-global registry).
+
+What operators alert on: rejects by reason, delivery failures, retries, DLQ size, queue depth,
+the applied config revision, config errors, and whether etcd, Vault and Redis are reachable.
+Gauges that describe the world (queue depth, DLQ size, provider state) are read when scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Probe(Collector):
+    """Gauges computed at scrape time from callables."""
+
+    def __init__(self, probes: dict[str, tuple[str, Callable[[], float | None]]]) -> None:
+        self._probes = probes
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, (doc, fn) in self._probes.items():
+            try:
+                value = fn()
+            except Exception:  # a probe must never break the scrape
+                value = None
+            if value is not None:
+                yield GaugeMetricFamily(name, doc, value=value)
+
+
+@dataclass
+class GatewayMetrics:
+    registry: CollectorRegistry
+    requests: Counter
+    verify_failures: Counter
+    deliveries: Counter
+    retries: Counter
+    duration: Histogram
+
+    @classmethod
+    def create(cls, probes: dict[str, tuple[str, Callable[[], float | None]]]) -> GatewayMetrics:
+        reg = CollectorRegistry(auto_describe=True)
+        m = cls(
+            registry=reg,
+            requests=Counter(
+                "whplane_webhook_requests", "Webhook requests by namespace and outcome",
+                ["namespace", "outcome"], registry=reg,
+            ),
+            verify_failures=Counter(
+                "whplane_verification_failures", "Requests refused by verification",
+                ["namespace", "scheme"], registry=reg,
+            ),
+            deliveries=Counter(
+                "whplane_deliveries", "Deliveries by namespace, mode and result",
+                ["namespace", "mode", "result"], registry=reg,
+            ),
+            retries=Counter("whplane_delivery_retries", "Delivery retries scheduled",
+                            ["namespace"], registry=reg),
+            duration=Histogram(
+                "whplane_webhook_duration_seconds", "Time to answer a webhook", ["mode"],
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                registry=reg,
+            ),
+        )  # fmt: skip
+        reg.register(_Probe(probes))
+        return m
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,41 @@
+"""Process settings of a gateway: command-line flag > environment (`WH_*`) > default.
+
+Precedence is decided by presence: the CLI passes only the flags the user actually gave as
+init arguments, which pydantic-settings ranks above the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from providers.last_good import default_state_dir
+
+
+def _default_gateway_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WH_", extra="ignore", frozen=True)
+
+    config: str = Field(description="file:PATH | etcd://HOST:PORT[,...]/PREFIX | vault://MOUNT/PATH")
+    redis_url: str | None = Field(default=None, description="Redis for async delivery and limits")
+    gateway_id: str = Field(default_factory=_default_gateway_id)
+    state_dir: Path = Field(default_factory=default_state_dir)
+    secret_ttl: float = Field(default=60.0, gt=0, description="seconds between secret re-reads")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_json: bool = False
+    log_level: str = "info"
+    delivery_worker: bool = Field(default=True, description="deliver async webhooks in-process")
+    worker_concurrency: int = Field(default=32, ge=1, le=10_000)
+    claim_idle_s: float = Field(default=30.0, gt=0)
+    max_backlog: int = Field(default=100_000, ge=1)
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    max_concurrent_requests: int = Field(default=1000, ge=1)
