@@ -223,6 +223,10 @@ def env_resolver(
                 return ref.default
             raise ReferenceError_(f"environment variable {ref.name} is not set and has no default")
         if vault is None:
+            # Without any Vault (a laptop, a test) a default stands in; with a Vault configured,
+            # only a missing secret or field falls back to it, never an outage.
+            if ref.default is not None:
+                return ref.default
             raise ReferenceError_(f"{ref} needs Vault, and no Vault is configured")
         return vault(ref)
 

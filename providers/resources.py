@@ -79,7 +79,10 @@ class Namespace:
 @model
 class HttpConnectionSpec:
     type: Literal["http"]
-    url: str = Field(pattern=r"^https?://", description="http:// or https:// base URL")
+    url: str = Field(
+        pattern=r"^(https?://|\{\$|<\$vault:)",
+        description="http:// or https:// base URL (or a reference resolving to one)",
+    )
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: Seconds = 10
     verify_tls: bool = True
@@ -96,7 +99,10 @@ class HttpConnectionSpec:
 @model
 class RedisConnectionSpec:
     type: Literal["redis"]
-    url: str = Field(pattern=r"^(redis|rediss|unix)://", description="redis:// or rediss:// URL")
+    url: str = Field(
+        pattern=r"^(redis://|rediss://|unix://|\{\$|<\$vault:)",
+        description="redis://, rediss:// or unix:// URL (or a reference resolving to one)",
+    )
     username: str | None = None
     password: str | None = None
     timeout_s: Seconds = 5

@@ -85,3 +85,7 @@ def test_unchanged_subtrees_are_shared() -> None:
     out = substitute(doc, env_resolver({"X": "1"}))
     assert out["a"] is inner
     assert substitute(inner, env_resolver({})) is inner
+
+
+def test_vault_default_applies_only_without_vault() -> None:
+    assert substitute("{$vault:a#b:dev}", env_resolver({})) == "dev"

@@ -1,0 +1,117 @@
+"""`whplane`: the command that starts servers (gateway, worker, control-plane, up)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+app = typer.Typer(help="Start whplane servers.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+def _given(**flags: Any) -> dict[str, Any]:
+    """Only the flags the user gave: presence, not equality with a default, decides."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _settings_error(exc: ValidationError) -> None:
+    for e in exc.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        err.print(f"[red]error:[/] {field}: {e['msg']} (flag --{field.replace('_', '-')} "
+                  f"or WH_{field.upper()})")
+    raise typer.Exit(2)
+
+
+@app.command()
+def gateway(
+    config: Annotated[str | None, typer.Option(
+        help="file:PATH | etcd://HOST:PORT[,...]/PREFIX | vault://MOUNT/PATH [env WH_CONFIG]")] = None,
+    port: Annotated[int | None, typer.Option(help="[env WH_PORT, default 8080]")] = None,
+    host: Annotated[str | None, typer.Option(help="[env WH_HOST, default 127.0.0.1]")] = None,
+    workers: Annotated[int | None, typer.Option(help="processes [env WH_WORKERS]")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="last good config [env WH_STATE_DIR]")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
+    gateway_id: Annotated[str | None, typer.Option(help="[env WH_GATEWAY_ID]")] = None,
+    log_json: Annotated[bool | None, typer.Option("--log-json/--log-text",
+                                                  help="[env WH_LOG_JSON]")] = None,
+) -> None:
+    """Serve webhooks from the shared config."""
+    import uvicorn
+
+    from data_plane.app import create_app
+    from data_plane.logs import configure
+    from data_plane.settings import GatewaySettings
+
+    flags = _given(config=config, port=port, host=host, workers=workers, state_dir=state_dir,
+                   redis_url=redis_url, gateway_id=gateway_id, log_json=log_json)
+    try:
+        settings = GatewaySettings(**flags)
+    except ValidationError as exc:
+        _settings_error(exc)
+        return
+    configure(settings.log_level, settings.log_json)
+    if settings.workers > 1:
+        # Each process builds its own gateway from the environment: hand the flags on there.
+        for key, value in flags.items():
+            os.environ[f"WH_{key.upper()}"] = str(value)
+        uvicorn.run("data_plane.app:app_from_env", factory=True, host=settings.host,
+                    port=settings.port, workers=settings.workers, log_config=None,
+                    access_log=False)
+        return
+    try:
+        application = create_app(settings)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
+                access_log=False, lifespan="on")
+
+
+@app.command()
+def worker(
+    config: Annotated[str | None, typer.Option(help="config URL [env WH_CONFIG]")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
+    gateway_id: Annotated[str | None, typer.Option(help="consumer name [env WH_GATEWAY_ID]")] = None,
+) -> None:
+    """Deliver queued (async) webhooks without serving HTTP."""
+    from data_plane.gateway import Gateway
+    from data_plane.logs import configure
+    from data_plane.settings import GatewaySettings
+
+    try:
+        settings = GatewaySettings(**_given(config=config, redis_url=redis_url,
+                                            gateway_id=gateway_id))
+    except ValidationError as exc:
+        _settings_error(exc)
+        return
+    if not settings.redis_url:
+        err.print("[red]error:[/] the worker needs Redis: --redis-url or WH_REDIS_URL")
+        raise typer.Exit(2)
+    configure(settings.log_level, settings.log_json)
+
+    async def run() -> None:
+        gw = Gateway(settings, dict(os.environ))
+        await gw.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await gw.stop()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

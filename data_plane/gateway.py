@@ -1,0 +1,259 @@
+"""The gateway's state: every long-lived object, created in one place, started and stopped by the
+app's lifespan. Nothing here is module-level; tests build as many gateways as they like."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from data_plane.chain import run_chain
+from data_plane.clients import Clients
+from data_plane.compiled import CompiledCache
+from data_plane.delivery import Delivery
+from data_plane.dlq import DeadLetters
+from data_plane.errors import DeliveryError
+from data_plane.idempotency import Idempotency
+from data_plane.metrics import GatewayMetrics
+from data_plane.queue import DeliveryQueue
+from data_plane.ratelimit import RateLimiter
+from data_plane.registration import VERSION, heartbeat_loop, registrar_for
+from data_plane.settings import GatewaySettings
+from data_plane.worker import Worker
+from providers.holder import SnapshotHolder
+from providers.last_good import LastGood
+from providers.open import open_provider
+from providers.provider import ProviderState
+from providers.resources import Namespace, Retry, Webhook
+from providers.secret_cache import SecretCache
+from providers.vault_client import VaultClient, VaultSettings
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, env: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.provider = open_provider(settings.config, env)
+        vault = VaultSettings.from_env(env)
+        self.vault = VaultClient(vault) if vault is not None else None
+        self.secrets = (
+            SecretCache(self.vault, ttl_s=settings.secret_ttl) if self.vault is not None else None
+        )
+        tag = hashlib.sha256(settings.config.encode()).hexdigest()[:12]
+        self.holder = SnapshotHolder(
+            env=env,
+            secrets=self.secrets,
+            last_good=LastGood(settings.state_dir / f"last-good-{tag}.jsonl"),
+            source=settings.config,
+            secret_ttl_s=settings.secret_ttl,
+        )
+        self.compiled = CompiledCache()
+        self.clients = Clients()
+        self.redis: aioredis.Redis | None = None
+        if settings.redis_url:
+            self.redis = aioredis.from_url(
+                settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                health_check_interval=15,
+            )  # fmt: skip
+        self.queue = (
+            DeliveryQueue(self.redis, max_backlog=settings.max_backlog) if self.redis else None
+        )
+        self.dlq = DeadLetters(self.redis) if self.redis is not None else None
+        self.limiter = RateLimiter(self.redis)
+        self.idempotency = Idempotency(self.redis) if self.redis is not None else None
+        self.worker = (
+            Worker(
+                self.redis,
+                deliver=self.deliver,
+                retry_policy=self.retry_policy,
+                consumer=settings.gateway_id,
+                concurrency=settings.worker_concurrency,
+                claim_idle_s=settings.claim_idle_s,
+            )
+            if self.redis is not None and settings.delivery_worker
+            else None
+        )
+        self.registrar = registrar_for(settings.config, env, settings.gateway_id,
+                                       settings.heartbeat_s)
+        self._queue_depth: int | None = None
+        self._dlq_size: int | None = None
+        self.metrics = GatewayMetrics.create({
+            "whplane_config_revision": ("Config revision being served",
+                                        lambda: self.holder.current.revision),
+            "whplane_config_errors": ("Resources whose latest version is not in force",
+                                      lambda: len(self.holder.current.errors)),
+            "whplane_ready": ("1 once a config is loaded", lambda: float(self.holder.ready)),
+            "whplane_provider_connected": (
+                "1 while the config store is reachable",
+                lambda: float(self.provider.status.state is ProviderState.CONNECTED)),
+            "whplane_vault_reachable": ("1 while Vault answers", self._vault_up),
+            "whplane_queue_depth": ("Async deliveries waiting", lambda: self._queue_depth),
+            "whplane_dlq_size": ("Dead-lettered deliveries", lambda: self._dlq_size),
+            "whplane_ratelimit_degraded": (
+                "1 while rate limits are local because Redis is unreachable",
+                lambda: float(self.limiter.degraded)),
+            "whplane_worker_in_flight": (
+                "Deliveries being attempted",
+                lambda: self.worker.stats().in_flight if self.worker else None),
+        })  # fmt: skip
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self.holder.run(self.provider), name="config"))
+        if self.worker is not None:
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="worker"))
+        if self.redis is not None:
+            self._tasks.append(asyncio.create_task(self._probe_loop(), name="probes"))
+        if self.registrar is not None:
+            self._tasks.append(asyncio.create_task(heartbeat_loop(
+                self.registrar, self.record, self.settings.heartbeat_s,
+                lambda: self.holder.wait_newer(self.holder.current.revision),
+            ), name="registration"))  # fmt: skip
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop(timeout=10)
+        for task in self._tasks:
+            task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task, result in zip(self._tasks, results, strict=True):
+            if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
+                log.error("task %s ended with %r", task.get_name(), result)
+        try:
+            await self.holder.flush()
+        except OSError as exc:
+            log.warning("could not save last good config: %s", exc)
+        if self.registrar is not None:
+            await self.registrar.close()
+        await self.provider.close()
+        await self.clients.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.vault is not None:
+            self.vault.close()
+
+    async def _probe_loop(self) -> None:
+        while True:
+            try:
+                if self.queue is not None:
+                    self._queue_depth = await self.queue.depth()
+                if self.dlq is not None:
+                    self._dlq_size = await self.dlq.size()
+            except Exception as exc:  # Redis down: the gauges go stale, the status says why
+                log.debug("probe failed: %s", exc)
+                self._queue_depth = self._dlq_size = None
+            await asyncio.sleep(5)
+
+    def _vault_up(self) -> float | None:
+        if self.secrets is None:
+            return None
+        reachable = self.secrets.status.reachable
+        return None if reachable is None else float(reachable)
+
+    # -- used by the hot path ---------------------------------------------------------------
+
+    async def rate_limited(
+        self, ns: str, name: str, hook: Webhook, namespace: Namespace | None
+    ) -> float | None:
+        """Seconds to wait when the webhook's or its namespace's limit is exhausted."""
+        limits = hook.spec.limits
+        if limits.rate_per_second is not None:
+            d = await self.limiter.check(
+                f"wh:{ns}:{name}", limits.rate_per_second, limits.burst
+            )
+            if not d.allowed:
+                return d.retry_after_s
+        if namespace is not None and namespace.spec.limits.rate_per_second is not None:
+            nl = namespace.spec.limits
+            d = await self.limiter.check(f"ns:{ns}", nl.rate_per_second, nl.burst)  # type: ignore[arg-type]
+            if not d.allowed:
+                return d.retry_after_s
+        return None
+
+    async def first_time(self, ns: str, name: str, key: str, window_s: float) -> bool:
+        if self.idempotency is None:
+            return True  # no shared store to remember deliveries in
+        try:
+            return await self.idempotency.first_time(ns, name, key, window_s)
+        except Exception as exc:  # better a duplicate than a lost webhook
+            log.warning("idempotency check failed, delivering anyway: %s", exc)
+            return True
+
+    # -- used by the delivery worker --------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> None:
+        endpoint = self.holder.current.endpoint(delivery.namespace, delivery.webhook)
+        if endpoint is None:
+            raise DeliveryError(
+                f"webhook {delivery.namespace}/{delivery.webhook} no longer configured",
+                retryable=False, destination="config",
+            )  # fmt: skip
+        result = await run_chain(endpoint, delivery, self.clients)
+        if result.ok:
+            self.metrics.deliveries.labels(delivery.namespace, "async", "ok").inc()
+            return
+        self.metrics.deliveries.labels(delivery.namespace, "async", "failed").inc()
+        assert result.error is not None
+        raise result.error
+
+    def retry_policy(self, delivery: Delivery) -> Retry | None:
+        hook = self.holder.current.webhook(delivery.namespace, delivery.webhook)
+        return hook.spec.delivery.retry if hook is not None else None
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def health(self) -> str:
+        if not self.holder.ready:
+            return "starting"
+        if self.provider.status.state is not ProviderState.CONNECTED:
+            return "degraded"
+        return "ok"
+
+    def record(self) -> dict[str, Any]:
+        snap = self.holder.current
+        last_error = self.provider.status.last_error or next(iter(snap.errors.values()), None)
+        return {
+            "id": self.settings.gateway_id,
+            "revision": snap.revision,
+            "version": VERSION,
+            "health": self.health(),
+            "last_error": last_error,
+            "started_at": self.started_at,
+        }
+
+    def status(self) -> dict[str, Any]:
+        snap = self.holder.current
+        ps = self.provider.status
+        errors = dict(list(snap.errors.items())[:100])
+        return {
+            **self.record(),
+            "ready": self.holder.ready,
+            "started_from_last_good": self.holder.started_from_last_good,
+            "namespaces": snap.webhook_counts(),
+            "resources": len(snap),
+            "provider": {"url": ps.url, "state": ps.state.value, "endpoint": ps.endpoint,
+                         "last_error": ps.last_error, "reconnects": ps.reconnects},
+            "vault": _vault_status(self.secrets),
+            "redis": {"configured": self.redis is not None,
+                      "ratelimit_degraded": self.limiter.degraded,
+                      "queue_depth": self._queue_depth, "dlq_size": self._dlq_size},
+            "errors": errors,
+            "errors_total": len(snap.errors),
+        }
+
+
+def _vault_status(secrets: SecretCache | None) -> dict[str, Any]:
+    if secrets is None:
+        return {"configured": False}
+    st = secrets.status
+    return {"configured": True, "reachable": st.reachable, "cached": st.cached,
+            "last_error": st.last_error, "last_refresh": st.last_refresh}
