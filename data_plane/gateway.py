@@ -101,7 +101,7 @@ class Gateway:
                 lambda: float(self.limiter.degraded)),
             "whplane_worker_in_flight": (
                 "Deliveries being attempted",
-                lambda: self.worker.stats().in_flight if self.worker else None),
+                lambda: self.worker.stats.in_flight if self.worker else None),
         })  # fmt: skip
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -110,7 +110,7 @@ class Gateway:
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self.holder.run(self.provider), name="config"))
         if self.worker is not None:
-            self._tasks.append(asyncio.create_task(self.worker.run(), name="worker"))
+            self._tasks.append(asyncio.create_task(self._run_worker(), name="worker"))
         if self.redis is not None:
             self._tasks.append(asyncio.create_task(self._probe_loop(), name="probes"))
         if self.registrar is not None:
@@ -120,26 +120,31 @@ class Gateway:
             ), name="registration"))  # fmt: skip
 
     async def stop(self) -> None:
+        """Stop everything, each step bounded: a dead dependency must not hang the shutdown."""
         if self.worker is not None:
-            await self.worker.stop(timeout=10)
+            await _bounded("worker", self.worker.stop(timeout=10), 15)
         for task in self._tasks:
             task.cancel()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         for task, result in zip(self._tasks, results, strict=True):
             if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
                 log.error("task %s ended with %r", task.get_name(), result)
-        try:
-            await self.holder.flush()
-        except OSError as exc:
-            log.warning("could not save last good config: %s", exc)
+        await _bounded("last good config", self.holder.flush(), 10)
         if self.registrar is not None:
-            await self.registrar.close()
-        await self.provider.close()
-        await self.clients.aclose()
+            await _bounded("registration", self.registrar.close(), 5)
+        await _bounded("config provider", self.provider.close(), 5)
+        await _bounded("outbound clients", self.clients.aclose(), 5)
         if self.redis is not None:
-            await self.redis.aclose()
+            await _bounded("redis", self.redis.aclose(), 5)
         if self.vault is not None:
             self.vault.close()
+
+    async def _run_worker(self) -> None:
+        # Deliveries are judged against the config: without one, every webhook would look
+        # deleted and be dead-lettered.
+        await self.holder.wait_ready()
+        assert self.worker is not None
+        await self.worker.run()
 
     async def _probe_loop(self) -> None:
         while True:
@@ -249,6 +254,15 @@ class Gateway:
             "errors": errors,
             "errors_total": len(snap.errors),
         }
+
+
+async def _bounded(what: str, step: Any, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        log.warning("stopping %s took over %.0fs; went on without it", what, timeout)
+    except Exception as exc:
+        log.warning("stopping %s failed: %s", what, exc)
 
 
 def _vault_status(secrets: SecretCache | None) -> dict[str, Any]:

@@ -1,0 +1,106 @@
+"""Run real `whplane gateway` processes for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def github_signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class GatewayProcess:
+    def __init__(
+        self,
+        config: str,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        gateway_id: str | None = None,
+        args: tuple[str, ...] = (),
+        command: str = "gateway",
+    ) -> None:
+        self.config = config
+        self.port = port or free_port()
+        self.gateway_id = gateway_id or f"gw-{self.port}"
+        self.state_dir = Path(tempfile.mkdtemp(prefix="whplane-gw-"))
+        self.log_path = self.state_dir / "gateway.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("WH_", "VAULT_"))},
+            "WH_STATE_DIR": str(self.state_dir),
+            "WH_GATEWAY_ID": self.gateway_id,
+            "WH_HEARTBEAT_S": "0.5",
+            **(env or {}),
+        }
+        self.args = args
+        self.command = command
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True, timeout: float = 20) -> GatewayProcess:
+        argv = [sys.executable, "-m", "cli.whplane", self.command, "--config", self.config]
+        if self.command == "gateway":
+            argv += ["--port", str(self.port)]
+        argv += list(self.args)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                                     start_new_session=True)
+        if wait_ready and self.command == "gateway":
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
