@@ -13,6 +13,7 @@ from rich.console import Console
 
 app = typer.Typer(help="Start whplane servers.", no_args_is_help=True)
 err = Console(stderr=True)
+CONFIG_HELP = "file:PATH | etcd://HOST:PORT[,...]/PREFIX | vault://MOUNT/PATH [env WH_CONFIG]"
 
 
 def _given(**flags: Any) -> dict[str, Any]:
@@ -30,12 +31,11 @@ def _settings_error(exc: ValidationError) -> None:
 
 @app.command()
 def gateway(
-    config: Annotated[str | None, typer.Option(
-        help="file:PATH | etcd://HOST:PORT[,...]/PREFIX | vault://MOUNT/PATH [env WH_CONFIG]")] = None,
+    config: Annotated[str | None, typer.Option(help=CONFIG_HELP)] = None,
     port: Annotated[int | None, typer.Option(help="[env WH_PORT, default 8080]")] = None,
     host: Annotated[str | None, typer.Option(help="[env WH_HOST, default 127.0.0.1]")] = None,
     workers: Annotated[int | None, typer.Option(help="processes [env WH_WORKERS]")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="last good config [env WH_STATE_DIR]")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="[env WH_STATE_DIR]")] = None,
     redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
     gateway_id: Annotated[str | None, typer.Option(help="[env WH_GATEWAY_ID]")] = None,
     log_json: Annotated[bool | None, typer.Option("--log-json/--log-text",
@@ -77,7 +77,7 @@ def gateway(
 def worker(
     config: Annotated[str | None, typer.Option(help="config URL [env WH_CONFIG]")] = None,
     redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
-    gateway_id: Annotated[str | None, typer.Option(help="consumer name [env WH_GATEWAY_ID]")] = None,
+    gateway_id: Annotated[str | None, typer.Option(help="[env WH_GATEWAY_ID]")] = None,
 ) -> None:
     """Deliver queued (async) webhooks without serving HTTP."""
     from data_plane.gateway import Gateway

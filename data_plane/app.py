@@ -73,4 +73,4 @@ def create_app(settings: GatewaySettings, env: Mapping[str, str] | None = None) 
 
 def app_from_env() -> GatewayApp:
     """Factory for `uvicorn --factory` (several worker processes): settings from `WH_*`."""
-    return create_app(GatewaySettings())  # type: ignore[call-arg]
+    return create_app(GatewaySettings())

@@ -11,6 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from data_plane.chain import run_chain
 from data_plane.clients import Clients
@@ -58,9 +62,12 @@ class Gateway:
         self.clients = Clients()
         self.redis: aioredis.Redis | None = None
         if settings.redis_url:
+            # Retry once on a dead pooled connection (Redis restarted): no 503 for that alone.
             self.redis = aioredis.from_url(
                 settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
                 health_check_interval=15,
+                retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
             )  # fmt: skip
         self.queue = (
             DeliveryQueue(self.redis, max_backlog=settings.max_backlog) if self.redis else None
@@ -192,6 +199,14 @@ class Gateway:
         except Exception as exc:  # better a duplicate than a lost webhook
             log.warning("idempotency check failed, delivering anyway: %s", exc)
             return True
+
+    async def forget(self, ns: str, name: str, key: str) -> None:
+        if self.idempotency is None:
+            return
+        try:
+            await self.idempotency.forget(ns, name, key)
+        except Exception as exc:
+            log.warning("could not forget delivery key after a failure: %s", exc)
 
     # -- used by the delivery worker --------------------------------------------------------
 

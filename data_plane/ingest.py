@@ -140,16 +140,18 @@ class Ingest:
                 return
 
         delivery_spec = hook.spec.delivery
+        dedupe_key = None
         if delivery_spec.idempotency_header:
-            key = headers.get(delivery_spec.idempotency_header.lower())
-            if key and not await gw.first_time(ns, name, key, delivery_spec.idempotency_window_s):
+            dedupe_key = headers.get(delivery_spec.idempotency_header.lower())
+            window = delivery_spec.idempotency_window_s
+            if dedupe_key and not await gw.first_time(ns, name, dedupe_key, window):
                 outcome("duplicate")
-                await reply.json(200, {"status": "duplicate", "delivery": key})
+                await reply.json(200, {"status": "duplicate", "delivery": dedupe_key})
                 return
 
         forwarded = {k: v for k, v in headers.items() if k not in _PRIVATE_HEADERS}
         if hook.spec.verify.scheme == "api_key":
-            forwarded.pop(hook.spec.verify.name.lower(), None)  # type: ignore[union-attr]
+            forwarded.pop(hook.spec.verify.name.lower(), None)
         delivery = Delivery(ns, name, body, forwarded, snap.revision, request_id=rid)
 
         if delivery_spec.mode == "async":
@@ -160,13 +162,15 @@ class Ingest:
                 return
             try:
                 await gw.queue.enqueue(delivery)
-            except Backpressure as exc:
-                outcome("overloaded")
-                await reply.json(503, {"error": "backlog full"},
-                                 retry_after=max(1, round(exc.retry_after_s)))
-                return
-            except Exception as exc:  # Redis down: not queued, so the sender must retry
-                outcome("unavailable")
+            except Exception as exc:
+                if dedupe_key:  # not queued: the sender's retry must not look like a repeat
+                    await gw.forget(ns, name, dedupe_key)
+                if isinstance(exc, Backpressure):
+                    outcome("overloaded")
+                    await reply.json(503, {"error": "backlog full"},
+                                     retry_after=max(1, round(exc.retry_after_s)))
+                    return
+                outcome("unavailable")  # Redis down: nothing queued, so the sender retries
                 log.warning("enqueue failed for %s/%s: %s", ns, name, exc)
                 await reply.json(503, {"error": "queue unavailable"}, retry_after=5)
                 return
@@ -183,13 +187,15 @@ class Ingest:
             await reply.json(200, {"id": delivery.id, "status": "delivered"})
             return
         outcome("failed")
+        if dedupe_key:
+            await gw.forget(ns, name, dedupe_key)
         gw.metrics.deliveries.labels(ns, "sync", "failed").inc()
         log.warning("sync delivery failed for %s/%s: %s", ns, name, result.error)
         await reply.json(502, {"id": delivery.id, "error": str(result.error)})
 
 
 class _Reply:
-    __slots__ = ("rid", "revision", "send")
+    __slots__ = ("revision", "rid", "send")
 
     def __init__(self, send: Any, rid: str, revision: int) -> None:
         self.send, self.rid, self.revision = send, rid, revision

@@ -1,0 +1,40 @@
+"""Sender-side idempotency: the first delivery key within its window wins, repeats are
+answered without delivering again.
+
+One `SET key 1 NX PX window` per request: atomic across gateways, and the key vanishes with
+its window, so memory is bounded by (requests per window) x ~100 bytes. Keys are hashed
+(see redis_keys.idempotency_key) because the sender picks the delivery key.
+
+Order of use: `first_time()`, then enqueue; if the enqueue fails, `forget()` so the sender's
+retry is not mistaken for a repeat of a delivery that was never accepted. If Redis itself is
+unavailable the caller should fail open (treat as first time): a duplicate is recoverable, a
+dropped webhook is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from data_plane import redis_keys as keys
+
+
+class Idempotency:
+    def __init__(self, redis: aioredis.Redis, *, timeout_s: float = 1.0) -> None:
+        self._redis = redis
+        self._timeout_s = timeout_s
+
+    async def first_time(
+        self, namespace: str, webhook: str, delivery_key: str, window_s: float
+    ) -> bool:
+        """True the first time `delivery_key` is seen within `window_s` seconds."""
+        key = keys.idempotency_key(namespace, webhook, delivery_key)
+        async with asyncio.timeout(self._timeout_s):
+            fresh = await self._redis.set(key, b"1", nx=True, px=max(1, round(window_s * 1000)))
+        return bool(fresh)
+
+    async def forget(self, namespace: str, webhook: str, delivery_key: str) -> None:
+        """Undo first_time() for a delivery that was in the end not accepted."""
+        async with asyncio.timeout(self._timeout_s):
+            await self._redis.delete(keys.idempotency_key(namespace, webhook, delivery_key))

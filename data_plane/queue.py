@@ -1,0 +1,259 @@
+"""The durable delivery queue: a Redis stream read by one consumer group, plus a sorted set of
+scheduled retries and a dead-letter stream.
+
+Where an accepted delivery is at every moment (each arrow is one atomic Lua script, so a
+process dying anywhere leaves it in exactly one place, never in none):
+
+    enqueue ──> stream (new) ──XREADGROUP──> stream (pending, owned by a consumer)
+    pending ──ack──> gone (delivered)
+    pending ──retry_later──> scheduled ──move_due──> stream (new)
+    pending ──dead_letter──> dead-letter stream
+    pending, owner dead ──XAUTOCLAIM──> pending, owned by a live consumer
+
+Settled entries are XACKed *and* XDELed in the same script, so XLEN counts exactly the
+entries not yet settled (new + in flight): that, plus the scheduled retries, is the backlog
+that enqueue bounds, at O(1) cost. One consumer group per stream.
+
+Durability of an acknowledged enqueue is Redis's: with `appendonly yes` and
+`appendfsync always` the entry is on disk before Redis replies; with `appendfsync everysec`
+(the default) up to about a second of accepted deliveries can be lost if the Redis *host*
+crashes; without AOF, everything since the last RDB snapshot. Replication is asynchronous,
+so a failover can also drop the newest writes unless the caller adds `WAIT`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from data_plane import redis_keys as keys
+from data_plane.delivery import Delivery
+from data_plane.dlq import DLQ_MAXLEN, dead_letter_fields
+
+Entry = tuple[str, dict[bytes, bytes] | None]  # fields are None for an entry deleted while pending
+Fields = Mapping[str, bytes] | Mapping[bytes, bytes]  # Delivery.to_fields() | as read from Redis
+Arg = bytes | str | int | float
+
+# The backlog check and the XADD in one step, so concurrent gateways cannot overshoot.
+# Returns the new entry id, or the current depth (an integer) when over the bound.
+_ENQUEUE = """
+local depth = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+if depth >= tonumber(ARGV[1]) then return depth end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+_DEPTH = "return redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])"
+
+_ACK = """
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return n
+"""
+
+# XACK first: if the entry is no longer pending, another consumer (which reclaimed it) has
+# already settled it, and scheduling a second retry would only duplicate the delivery.
+# The due time is computed from Redis's clock so gateways with skewed clocks agree on it.
+_RETRY_LATER = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local t = redis.call('TIME')
+local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[2], due, ARGV[4])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+_DEAD_LETTER = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+redis.call('XDEL', KEYS[1], ARGV[2])
+return id
+"""
+
+# Scheduled members are the delivery's fields packed as "<len>:<bytes>" pairs (see _pack);
+# each due one is XADDed back and removed in the same script. Returns {moved, seconds until
+# the next one is due, or ''}, so the caller can sleep exactly that long.
+_MOVE_DUE = """
+local function unpack_fields(s)
+  local out, pos = {}, 1
+  while pos <= #s do
+    local colon = string.find(s, ':', pos, true)
+    local len = tonumber(string.sub(s, pos, colon - 1))
+    out[#out + 1] = string.sub(s, colon + 1, colon + len)
+    pos = colon + len + 1
+  end
+  return out
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', unpack(unpack_fields(member)))
+  redis.call('ZREM', KEYS[1], member)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = ''
+if nxt[2] then wait = tostring(tonumber(nxt[2]) - now) end
+return {#due, wait}
+"""
+
+
+class Backpressure(Exception):
+    """The backlog is over its bound: nothing was enqueued; answer 503 with Retry-After."""
+
+    def __init__(self, depth: int, max_backlog: int, retry_after_s: float) -> None:
+        super().__init__(f"delivery backlog {depth} is at its bound {max_backlog}")
+        self.depth = depth
+        self.max_backlog = max_backlog
+        self.retry_after_s = retry_after_s
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _pack(fields: Fields) -> bytes:
+    pairs = [(_bytes(k), v) for k, v in fields.items()]
+    return b"".join(b"%d:%s%d:%s" % (len(k), k, len(v), v) for k, v in pairs)
+
+
+def _flat(fields: Fields) -> list[Arg]:
+    return [x for kv in fields.items() for x in kv]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class DeliveryQueue:
+    """Enqueue side and the atomic state transitions the worker uses.
+
+    `timeout_s` bounds every call (redis-py's own retries included); a call that times out
+    may still have been applied, which can only ever cause a duplicate, never a loss.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        stream: str = keys.STREAM,
+        max_backlog: int = 100_000,
+        *,
+        retry_after_s: float = 5.0,
+        dead_letters_maxlen: int = DLQ_MAXLEN,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.scheduled = keys.scheduled_key(stream)
+        self.dead_letters = keys.dead_letters_key(stream)
+        self.max_backlog = max_backlog
+        self.retry_after_s = retry_after_s
+        self.dead_letters_maxlen = dead_letters_maxlen
+        self.timeout_s = timeout_s
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._depth = redis.register_script(_DEPTH)
+        self._ack = redis.register_script(_ACK)
+        self._retry_later = redis.register_script(_RETRY_LATER)
+        self._dead_letter = redis.register_script(_DEAD_LETTER)
+        self._move_due = redis.register_script(_MOVE_DUE)
+
+    async def enqueue(self, delivery: Delivery) -> str:
+        """Append the delivery; returns its entry id once Redis has applied the write.
+
+        Raises Backpressure (nothing written) when the backlog is at `max_backlog`; raises a
+        Redis/timeout error when the outcome is unknown (the caller answers 5xx and the sender
+        retries: at worst a duplicate). See the module docstring for what "durable" means.
+        """
+        args: list[Arg] = [self.max_backlog, *_flat(delivery.to_fields())]
+        async with asyncio.timeout(self.timeout_s):
+            result = await self._enqueue(keys=[self.stream, self.scheduled], args=args)
+        if isinstance(result, int):
+            raise Backpressure(result, self.max_backlog, self.retry_after_s)
+        return _text(result)
+
+    async def depth(self) -> int:
+        """Deliveries accepted and not yet settled: new, in flight and scheduled for retry."""
+        async with asyncio.timeout(self.timeout_s):
+            return int(await self._depth(keys=[self.stream, self.scheduled]))
+
+    # --- consumer side -------------------------------------------------------------------
+
+    async def ensure_group(self, group: str) -> None:
+        # From "0", not "$": deliveries enqueued before the first worker started are kept.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.redis.xgroup_create(self.stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, group: str, consumer: str, count: int, block_s: float) -> list[Entry]:
+        async with asyncio.timeout(block_s + self.timeout_s):
+            reply: Any = await self.redis.xreadgroup(
+                group, consumer, {self.stream: ">"}, count=count, block=int(block_s * 1000)
+            )
+        if not reply:
+            return []
+        return [(_text(i), f) for _, entries in reply for i, f in entries]
+
+    async def claim(
+        self, group: str, consumer: str, min_idle_s: float, cursor: str, count: int
+    ) -> tuple[str, list[Entry]]:
+        """Take over entries pending longer than `min_idle_s` (their consumer is presumed
+        dead); returns the cursor to continue from ("0-0" once the scan wrapped)."""
+        async with asyncio.timeout(self.timeout_s):
+            reply: Any = await self.redis.xautoclaim(
+                self.stream, group, consumer, int(min_idle_s * 1000), cursor, count=count
+            )
+        # An entry deleted while pending has no id left in Redis 6.2's reply (Redis 7 drops
+        # it from the PEL itself); ours are never deleted before being acknowledged.
+        return _text(reply[0]), [(_text(i), f or None) for i, f in reply[1] if i is not None]
+
+    async def touch(self, group: str, consumer: str, entry_ids: list[str]) -> None:
+        """Reset the idle time of entries still in flight, so a slow delivery is not taken
+        for an orphan and delivered twice."""
+        async with asyncio.timeout(self.timeout_s):
+            ids: list[int | bytes | str | memoryview] = list(entry_ids)
+            await self.redis.xclaim(self.stream, group, consumer, 0, ids, justid=True)
+
+    async def ack(self, group: str, entry_id: str) -> None:
+        async with asyncio.timeout(self.timeout_s):
+            await self._ack(keys=[self.stream], args=[group, entry_id])
+
+    async def retry_later(
+        self, group: str, entry_id: str, delivery: Delivery, delay_s: float
+    ) -> bool:
+        """Atomically settle the entry and schedule `delivery` in `delay_s`; False if the entry
+        was already settled by another consumer."""
+        args: list[Arg] = [group, entry_id, max(0.0, delay_s), _pack(delivery.to_fields())]
+        async with asyncio.timeout(self.timeout_s):
+            done = await self._retry_later(keys=[self.stream, self.scheduled], args=args)
+        return bool(done)
+
+    async def dead_letter(
+        self,
+        group: str,
+        entry_id: str,
+        fields: Mapping[bytes, bytes],
+        reason: str,
+        attempts: int,
+        last_error: str,
+    ) -> bool:
+        """Atomically settle the entry and append it to the dead letters; False if the entry
+        was already settled by another consumer."""
+        dead = dead_letter_fields(fields, reason, attempts, last_error, time.time())
+        args: list[Arg] = [group, entry_id, self.dead_letters_maxlen, *_flat(dead)]
+        async with asyncio.timeout(self.timeout_s):
+            dead_id = await self._dead_letter(keys=[self.stream, self.dead_letters], args=args)
+        return dead_id is not None
+
+    async def move_due(self, limit: int = 100) -> tuple[int, float | None]:
+        """Move up to `limit` due retries back onto the stream; (moved, seconds until the next
+        scheduled retry is due, or None if there is none)."""
+        async with asyncio.timeout(self.timeout_s):
+            moved, wait = await self._move_due(keys=[self.scheduled, self.stream], args=[limit])
+        return int(moved), float(wait) if wait else None
