@@ -23,6 +23,7 @@ from data_plane.delivery import Delivery
 from data_plane.dlq import DeadLetters
 from data_plane.errors import DeliveryError
 from data_plane.idempotency import Idempotency
+from data_plane.ids import IdSource
 from data_plane.metrics import GatewayMetrics
 from data_plane.queue import DeliveryQueue
 from data_plane.ratelimit import RateLimiter
@@ -59,6 +60,7 @@ class Gateway:
             secret_ttl_s=settings.secret_ttl,
         )
         self.compiled = CompiledCache()
+        self.ids = IdSource()
         self.clients = Clients()
         self.redis: aioredis.Redis | None = None
         if settings.redis_url:
@@ -141,6 +143,8 @@ class Gateway:
             await _bounded("registration", self.registrar.close(), 5)
         await _bounded("config provider", self.provider.close(), 5)
         await _bounded("outbound clients", self.clients.aclose(), 5)
+        if self.queue is not None:
+            await _bounded("queue", self.queue.aclose(), 5)
         if self.redis is not None:
             await _bounded("redis", self.redis.aclose(), 5)
         if self.vault is not None:
@@ -219,9 +223,9 @@ class Gateway:
             )  # fmt: skip
         result = await run_chain(endpoint, delivery, self.clients)
         if result.ok:
-            self.metrics.deliveries.labels(delivery.namespace, "async", "ok").inc()
+            self.metrics.delivery(delivery.namespace, "async", "ok")
             return
-        self.metrics.deliveries.labels(delivery.namespace, "async", "failed").inc()
+        self.metrics.delivery(delivery.namespace, "async", "failed")
         assert result.error is not None
         raise result.error
 

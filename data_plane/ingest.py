@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +46,7 @@ class Ingest:
         self.gw = gateway
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        rid = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        rid = _header(scope, b"x-request-id") or self.gw.ids()
         token = request_id_var.set(rid)
         started = time.perf_counter()
         try:
@@ -65,14 +64,14 @@ class Ingest:
         m = _PATH.match(scope["path"])
         endpoint = snap.endpoint(m.group(1), m.group(2)) if m else None
         if endpoint is None:
-            gw.metrics.requests.labels("_unknown", "not_found").inc()
+            gw.metrics.request("_unknown", "not_found")
             await reply.json(404, {"error": "no such webhook"})
             return
         ns, name = m.group(1), m.group(2)  # type: ignore[union-attr]
         hook = endpoint.webhook
 
         def outcome(label: str) -> None:
-            gw.metrics.requests.labels(ns, label).inc()
+            gw.metrics.request(ns, label)
 
         if scope["method"] != "POST":
             outcome("bad_method")
@@ -91,7 +90,13 @@ class Ingest:
             await reply.json(413, {"error": f"body over {limits.max_body_bytes} bytes"})
             return
 
-        retry_after = await gw.rate_limited(ns, name, hook, endpoint.namespace)
+        retry_after = (
+            await gw.rate_limited(ns, name, hook, endpoint.namespace)
+            if limits.rate_per_second is not None
+            or (endpoint.namespace is not None
+                and endpoint.namespace.spec.limits.rate_per_second is not None)
+            else None
+        )
         if retry_after is not None:
             outcome("rate_limited")
             await reply.json(429, {"error": "rate limit exceeded"}, retry_after=retry_after)
@@ -107,7 +112,8 @@ class Ingest:
         headers = _headers(scope)
         inbound = Inbound(
             method="POST",
-            url=_url(scope, headers),
+            # Only Twilio signs the URL: skip building it for everyone else.
+            url=_url(scope, headers) if hook.spec.verify.scheme == "twilio" else "",
             headers=headers,
             body=body,
             client_ip=_client_ip(scope),
@@ -152,7 +158,7 @@ class Ingest:
         forwarded = {k: v for k, v in headers.items() if k not in _PRIVATE_HEADERS}
         if hook.spec.verify.scheme == "api_key":
             forwarded.pop(hook.spec.verify.name.lower(), None)
-        delivery = Delivery(ns, name, body, forwarded, snap.revision, request_id=rid)
+        delivery = Delivery(ns, name, body, forwarded, snap.revision, id=gw.ids(), request_id=rid)
 
         if delivery_spec.mode == "async":
             if gw.queue is None:
@@ -175,21 +181,21 @@ class Ingest:
                 await reply.json(503, {"error": "queue unavailable"}, retry_after=5)
                 return
             outcome("queued")
-            gw.metrics.duration.labels("async").observe(time.perf_counter() - t0)
-            await reply.json(202, {"id": delivery.id})
+            gw.metrics.took("async", time.perf_counter() - t0)
+            await reply.body(202, b'{"id":"%s"}' % delivery.id.encode())
             return
 
         result = await run_chain(endpoint, delivery, gw.clients)
         if result.ok:
             outcome("delivered")
-            gw.metrics.deliveries.labels(ns, "sync", "ok").inc()
-            gw.metrics.duration.labels("sync").observe(time.perf_counter() - t0)
-            await reply.json(200, {"id": delivery.id, "status": "delivered"})
+            gw.metrics.delivery(ns, "sync", "ok")
+            gw.metrics.took("sync", time.perf_counter() - t0)
+            await reply.body(200, b'{"id":"%s","status":"delivered"}' % delivery.id.encode())
             return
         outcome("failed")
         if dedupe_key:
             await gw.forget(ns, name, dedupe_key)
-        gw.metrics.deliveries.labels(ns, "sync", "failed").inc()
+        gw.metrics.delivery(ns, "sync", "failed")
         log.warning("sync delivery failed for %s/%s: %s", ns, name, result.error)
         await reply.json(502, {"id": delivery.id, "error": str(result.error)})
 
@@ -211,6 +217,9 @@ class _Reply:
         if retry_after is not None:
             headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
         await self._send(status, json.dumps(body).encode(), b"application/json", headers)
+
+    async def body(self, status: int, body: bytes) -> None:
+        await self._send(status, body, b"application/json", [])
 
     async def raw(self, answer: Answer) -> None:
         await self._send(answer.status, answer.body, answer.content_type.encode(), [])

@@ -8,7 +8,8 @@ Gauges that describe the world (queue depth, DLQ size, provider state) are read 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -41,6 +42,25 @@ class GatewayMetrics:
     deliveries: Counter
     retries: Counter
     duration: Histogram
+    # Labelled children, looked up once: `labels()` costs more than the increment itself.
+    # Bounded: namespaces come from the config ("_unknown" for everything else).
+    _children: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def request(self, namespace: str, outcome: str) -> None:
+        self._child(self.requests, namespace, outcome).inc()
+
+    def delivery(self, namespace: str, mode: str, result: str) -> None:
+        self._child(self.deliveries, namespace, mode, result).inc()
+
+    def took(self, mode: str, seconds: float) -> None:
+        self._child(self.duration, mode).observe(seconds)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     @classmethod
     def create(cls, probes: dict[str, tuple[str, Callable[[], float | None]]]) -> GatewayMetrics:

@@ -38,6 +38,7 @@ from data_plane.dlq import DLQ_MAXLEN, dead_letter_fields
 Entry = tuple[str, dict[bytes, bytes] | None]  # fields are None for an entry deleted while pending
 Fields = Mapping[str, bytes] | Mapping[bytes, bytes]  # Delivery.to_fields() | as read from Redis
 Arg = bytes | str | int | float
+MAX_BATCH = 256  # enqueues per pipeline: bounds one round trip's size
 
 # The backlog check and the XADD in one step, so concurrent gateways cannot overshoot.
 # Returns the new entry id, or the current depth (an integer) when over the bound.
@@ -160,6 +161,8 @@ class DeliveryQueue:
         self._retry_later = redis.register_script(_RETRY_LATER)
         self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._move_due = redis.register_script(_MOVE_DUE)
+        self._batch: list[tuple[list[Arg], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def enqueue(self, delivery: Delivery) -> str:
         """Append the delivery; returns its entry id once Redis has applied the write.
@@ -167,13 +170,52 @@ class DeliveryQueue:
         Raises Backpressure (nothing written) when the backlog is at `max_backlog`; raises a
         Redis/timeout error when the outcome is unknown (the caller answers 5xx and the sender
         retries: at worst a duplicate). See the module docstring for what "durable" means.
+
+        Concurrent calls are group-committed: while one pipeline is in flight the next calls
+        gather, and go out together in the next one. Each caller still waits for its own
+        entry's reply, so nothing is acknowledged before Redis has it.
         """
         args: list[Arg] = [self.max_backlog, *_flat(delivery.to_fields())]
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((args, waiter))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="enqueue flusher")
         async with asyncio.timeout(self.timeout_s):
-            result = await self._enqueue(keys=[self.stream, self.scheduled], args=args)
+            result = await waiter
         if isinstance(result, int):
             raise Backpressure(result, self.max_backlog, self.retry_after_s)
         return _text(result)
+
+    async def _flush(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for args, _ in batch:
+                            await self._enqueue(
+                                keys=[self.stream, self.scheduled], args=args, client=pipe
+                            )
+                        results = await pipe.execute(raise_on_error=False)
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for (_, waiter), result in zip(batch, results, strict=True):
+                if waiter.done():  # its caller gave up (timeout, cancel)
+                    continue
+                if isinstance(result, BaseException):
+                    waiter.set_exception(result)
+                else:
+                    waiter.set_result(result)
+
+    async def aclose(self) -> None:
+        """Stop the flusher; callers still waiting get an error (not queued, they answer 5xx)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        for _, waiter in self._batch:
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("queue closed"))
+        self._batch.clear()
 
     async def depth(self) -> int:
         """Deliveries accepted and not yet settled: new, in flight and scheduled for retry."""

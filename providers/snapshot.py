@@ -50,6 +50,11 @@ class Snapshot:
     # Resource key (as text) or source -> why the latest version there is not in force.
     errors: Map[str, str] = _NO_ERRORS
     built_at: float = field(default_factory=time.time)
+    # Derived on first use, like a lazy attribute: the snapshot itself never changes, so
+    # neither does an endpoint built from it. Only found webhooks are cached (bounded).
+    _endpoints: dict[tuple[str, str], Endpoint] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     # -- reads (the hot path) --------------------------------------------------------------
 
@@ -71,6 +76,9 @@ class Snapshot:
         return entry.resource if entry is not None else None  # type: ignore[return-value]
 
     def endpoint(self, namespace: str, name: str) -> Endpoint | None:
+        cached = self._endpoints.get((namespace, name))
+        if cached is not None:
+            return cached
         hook = self.webhook(namespace, name)
         if hook is None:
             return None
@@ -79,7 +87,9 @@ class Snapshot:
             conn = self.connection(namespace, cname)
             if conn is not None:
                 conns[cname] = conn
-        return Endpoint(hook, self.namespace(namespace), Map(conns))
+        endpoint = Endpoint(hook, self.namespace(namespace), Map(conns))
+        self._endpoints[(namespace, name)] = endpoint
+        return endpoint
 
     # -- reads for status, persistence, tooling --------------------------------------------
 

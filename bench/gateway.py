@@ -1,0 +1,153 @@
+"""Ingest throughput: the gateway against the floor (a bare ASGI app doing the same HMAC check),
+one uvicorn worker each, GitHub-signed requests driven by wrk on loopback.
+
+    python -m bench.gateway [--seconds 10] [--connections 32]
+
+Prints requests/s and p50/p99 latency for: floor, gateway sync `log`, gateway async
+`redis_stream` (202 once in Redis; the delivery worker runs in another process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.gateways import GatewayProcess
+from tests.servers import RedisServer, free_port
+
+SECRET = "bench-secret"
+BODY = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "x" * 40}] * 5}).encode()
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+
+
+def lua_script(path: Path) -> None:
+    sig = "sha256=" + hmac.new(SECRET.encode(), BODY, hashlib.sha256).hexdigest()
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(BODY.decode())}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["X-Hub-Signature-256"] = "{sig}"\n'
+    )
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def run_wrk(name: str, url: str, script: Path, seconds: int, connections: int) -> Result:
+    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(script), url],
+                   capture_output=True, check=True)  # warm-up
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return Result(name, rps, p50, p99, int(bad.group(1)) if bad else 0)
+
+
+def start_floor(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"],
+        env={**os.environ, "BENCH_SECRET": SECRET}, cwd=Path(__file__).parents[1],
+    )
+    for _ in range(100):
+        try:
+            httpx.post(f"http://127.0.0.1:{port}/", content=b"")
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("floor app did not start")
+
+
+def config(tmp: Path, redis_url: str) -> Path:
+    hooks = [
+        {"apiVersion": "whplane/v1", "kind": "Connection", "metadata": {"name": "events"},
+         "spec": {"type": "redis", "url": redis_url}},
+        {"apiVersion": "whplane/v1", "kind": "Webhook",
+         "metadata": {"name": "sync-log", "namespace": "bench"},
+         "spec": {"verify": {"scheme": "github", "secret": "{$BENCH_SECRET}"},
+                  "chain": {"steps": [{"module": "log"}]}}},
+        {"apiVersion": "whplane/v1", "kind": "Webhook",
+         "metadata": {"name": "async-stream", "namespace": "bench"},
+         "spec": {"verify": {"scheme": "github", "secret": "{$BENCH_SECRET}"},
+                  "delivery": {"mode": "async"},
+                  "chain": {"steps": [{"module": "redis_stream", "connection": "events",
+                                       "config": {"stream": "bench", "maxlen": 10000}}]}}},
+    ]
+    d = tmp / "config"
+    d.mkdir()
+    (d / "bench.yaml").write_text(yaml.safe_dump_all(hooks))
+    return d
+
+
+def main(seconds: int, connections: int) -> list[Result]:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="whplane-bench-"))
+    script = tmp / "post.lua"
+    lua_script(script)
+    results: list[Result] = []
+    with RedisServer() as redis:
+        floor_port = free_port()
+        floor = start_floor(floor_port)
+        try:
+            results.append(run_wrk("floor (bare ASGI + HMAC)", f"http://127.0.0.1:{floor_port}/",
+                                   script, seconds, connections))
+        finally:
+            floor.terminate()
+            floor.wait()
+        env = {"BENCH_SECRET": SECRET, "WH_LOG_LEVEL": "warning", "WH_REDIS_URL": redis.url,
+               "WH_DELIVERY_WORKER": "false", "WH_MAX_BACKLOG": "10000000"}
+        with GatewayProcess(f"file:{config(tmp, redis.url)}", env) as gw:
+            results.append(run_wrk("gateway sync log", f"{gw.url}/webhook/bench/sync-log",
+                                   script, seconds, connections))
+            results.append(run_wrk("gateway async redis_stream",
+                                   f"{gw.url}/webhook/bench/async-stream", script, seconds,
+                                   connections))
+    floor_rps = results[0].rps
+    print(f"# ingest: wrk -t1 -c{connections} -d{seconds}s, {len(BODY)} B GitHub-signed bodies, "
+          "one uvicorn worker each")
+    print(f"{'':32} {'req/s':>9} {'x floor':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for r in results:
+        print(f"{r.name:32} {r.rps:9.0f} {r.rps / floor_rps:8.2f} {r.p50_ms:8.2f} "
+              f"{r.p99_ms:8.2f} {r.non2xx:8d}")
+    print("goals: sync log >= 0.60 x floor; async redis_stream >= 0.40 x floor")
+    return results
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args()
+    main(args.seconds, args.connections)
