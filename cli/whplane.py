@@ -109,6 +109,75 @@ def worker(
         pass
 
 
+dlq = typer.Typer(help="List and replay dead-lettered deliveries (needs WH_REDIS_URL).",
+                  no_args_is_help=True)
+app.add_typer(dlq, name="dlq")
+
+
+def _dead_letters(redis_url: str | None) -> Any:
+    from redis.asyncio import from_url
+
+    from data_plane.dlq import DeadLetters
+
+    url = redis_url or os.environ.get("WH_REDIS_URL")
+    if not url:
+        err.print("[red]error:[/] needs Redis: --redis-url or WH_REDIS_URL")
+        raise typer.Exit(2)
+    return DeadLetters(from_url(url, socket_timeout=5, socket_connect_timeout=2))
+
+
+@dlq.command("list")
+def dlq_list(
+    namespace: Annotated[str | None, typer.Option("-n", "--namespace")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 100,
+    redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="table | json")] = "table",
+) -> None:
+    """Dead-lettered deliveries, oldest first."""
+    import json
+
+    from rich.table import Table
+
+    letters = _dead_letters(redis_url)
+    entries = asyncio.run(letters.list(namespace=namespace, limit=limit))
+    if output == "json":
+        Console().print_json(json.dumps([{
+            "id": e.id, "namespace": e.delivery.namespace, "webhook": e.delivery.webhook,
+            "delivery": e.delivery.id, "reason": e.reason, "attempts": e.attempts,
+            "last_error": e.last_error, "failed_at": e.failed_at} for e in entries]))
+        return
+    table = Table("ID", "NAMESPACE", "WEBHOOK", "ATTEMPTS", "REASON", "LAST ERROR")
+    for e in entries:
+        table.add_row(e.id, e.delivery.namespace, e.delivery.webhook, str(e.attempts),
+                      e.reason, e.last_error)
+    Console().print(table)
+
+
+@dlq.command("replay")
+def dlq_replay(
+    ids: Annotated[list[str] | None, typer.Argument(help="dead letter ids")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="replay every dead letter")] = False,
+    namespace: Annotated[str | None, typer.Option("-n", "--namespace")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
+) -> None:
+    """Put dead-lettered deliveries back on the queue, attempts reset."""
+    letters = _dead_letters(redis_url)
+    if all_:
+        n = asyncio.run(letters.replay_all(namespace=namespace))
+        Console().print(f"replayed {n} deliveries")
+        return
+    if not ids:
+        err.print("[red]error:[/] give dead letter ids, or --all")
+        raise typer.Exit(2)
+    for entry_id in ids:
+        try:
+            asyncio.run(letters.replay(entry_id))
+        except KeyError:
+            err.print(f"[red]error:[/] no dead letter {entry_id}")
+            raise typer.Exit(1) from None
+        Console().print(f"replayed {entry_id}")
+
+
 def main() -> None:
     app()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -168,7 +170,14 @@ async def test_async_delivery_dlq_and_replay(
         assert dead.delivery.webhook == "doomed" and dead.attempts == 2
         assert "503" in dead.last_error
         bad_sink.status = 200
-        await dlq.replay(dead.id)
+        # Operators list and replay through the CLI.
+        listed = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "cli.whplane", "dlq", "list", "-o", "json", "--redis-url",
+            redis_own.url], capture_output=True, text=True, check=True)
+        assert [e["id"] for e in json.loads(listed.stdout)] == [dead.id]
+        await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "cli.whplane", "dlq", "replay", dead.id, "--redis-url",
+            redis_own.url], check=True, capture_output=True)
         await wait_for(lambda: r.json()["id"] in bad_sink.delivered_ids())
         assert await dlq.size() == 0
 

@@ -155,3 +155,46 @@ def test_sigkill_with_deliveries_pending_loses_none(
             time.sleep(0.1)
         missing = set(ids) - sink.delivered_ids()
         assert not missing, f"{len(missing)} deliveries lost\n{b.log_tail()}"
+
+
+def test_examples_are_served(gateways: list[GatewayProcess], tmp_path: Path) -> None:
+    gw = GatewayProcess("file:examples/", {"WH_EXAMPLES_OUT": str(tmp_path)}).start()
+    gateways.append(gw)
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    with httpx.Client(timeout=5) as c:
+        r = c.post(f"{gw.url}/webhook/acme/github-push", content=body, headers={
+            "content-type": "application/json",
+            "x-hub-signature-256": github_signature("local-github-secret", body)})
+        assert r.status_code == 200, r.text
+        status = c.get(f"{gw.url}/status").json()
+    assert status["namespaces"] == {"acme": 2, "globex": 1}, status
+    assert status["errors"] == {}
+    assert (tmp_path / "acme-github.jsonl").exists()
+
+
+def test_gateway_registers_in_etcd_under_a_lease(
+    etcd_server: EtcdServer, etcd_prefix: str, gateways: list[GatewayProcess]
+) -> None:
+    put(etcd_server, etcd_prefix, hook("gh"))
+    gw = GatewayProcess(f"etcd://{etcd_server.endpoint}{etcd_prefix}", ENV,
+                        gateway_id="gw-registered").start()
+    gateways.append(gw)
+    key = f"{etcd_prefix}gateways/gw-registered"
+    revision = int(httpx.get(f"{gw.url}/readyz").json()["revision"])
+    deadline = time.monotonic() + 10
+    record: dict[str, Any] = {}
+    while record.get("revision") != revision and time.monotonic() < deadline:
+        record = json.loads(etcd_server.get(key) or b"{}")  # a first beat may say "starting"
+        time.sleep(0.05)
+    assert record["id"] == "gw-registered" and record["revision"] == revision
+    assert record["health"] == "ok"
+    put(etcd_server, etcd_prefix, hook("gh2"))
+    deadline = time.monotonic() + 10
+    while json.loads(etcd_server.get(key) or b"{}").get("revision") == revision:
+        assert time.monotonic() < deadline, "heartbeat did not report the new revision"
+        time.sleep(0.05)
+    gw.kill()  # no goodbye: the lease must expire by itself (TTL = 3 heartbeats of 0.5 s)
+    deadline = time.monotonic() + 10
+    while etcd_server.get(key) is not None:
+        assert time.monotonic() < deadline, "registration outlived the gateway"
+        time.sleep(0.2)
