@@ -196,3 +196,78 @@ async def wait_for_async(get: Any, check: Any, timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+def _sign(scheme: str, secret: str, body: bytes, now: int) -> dict[str, str]:
+    import base64
+    import hashlib
+    import hmac as hm
+
+    def hexmac(msg: bytes, key: bytes = secret.encode()) -> str:
+        return hm.new(key, msg, hashlib.sha256).hexdigest()
+
+    if scheme == "github":
+        return {"x-hub-signature-256": "sha256=" + hexmac(body)}
+    if scheme == "stripe":
+        return {"stripe-signature": f"t={now},v1=" + hexmac(f"{now}.".encode() + body)}
+    if scheme == "slack":
+        return {"x-slack-request-timestamp": str(now),
+                "x-slack-signature": "v0=" + hexmac(f"v0:{now}:".encode() + body)}
+    if scheme == "standard":
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        mac = hm.new(key, f"msg_1.{now}.".encode() + body, hashlib.sha256).digest()
+        return {"webhook-id": "msg_1", "webhook-timestamp": str(now),
+                "webhook-signature": "v1," + base64.b64encode(mac).decode()}
+    if scheme == "bearer":
+        return {"authorization": f"Bearer {secret}"}
+    raise AssertionError(scheme)
+
+
+SCHEME_SECRETS = {
+    "github": "gh-vault-secret",
+    "stripe": "whsec_stripe_vault_secret",
+    "slack": "slack-vault-secret",
+    "standard": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "bearer": "bearer-vault-token",
+}
+
+
+async def test_schemes_end_to_end_with_vault_secrets(
+    tmp_path: Path, harnesses: list[Harness], vault_server: Any, vault_path: str
+) -> None:
+    client = vault_server.client()
+    docs = []
+    for scheme, secret in SCHEME_SECRETS.items():
+        client.secrets.kv.v2.create_or_update_secret(
+            path=f"{vault_path}/{scheme}", secret={"secret": secret}, mount_point="secret")
+        doc = hook(scheme, [{"module": "log"}])
+        doc["spec"]["verify"] = {"scheme": scheme,
+                                 "secret": f"{{$vault:{vault_path}/{scheme}#secret}}"}
+        docs.append(doc)
+    h = await start(tmp_path, docs, VAULT_ADDR=vault_server.addr, VAULT_TOKEN=vault_server.token)
+    harnesses.append(h)
+    assert not h.app.gateway.holder.current.errors
+    body = b'{"event": "test"}'
+    now = int(time.time())
+    for scheme, secret in SCHEME_SECRETS.items():
+        url = f"/webhook/acme/{scheme}"
+        good = _sign(scheme, secret, body, now)
+        r = await h.client.post(url, content=body, headers=good)
+        assert r.status_code == 200, (scheme, r.text)
+        tampered = await h.client.post(url, content=body + b"x", headers=good)
+        wrong = await h.client.post(url, content=body, headers=_sign(
+            scheme, secret[:-1] + "Q" if scheme != "standard" else
+            "whsec_" + "QUJD" * 8, body, now))
+        missing = await h.client.post(url, content=body)
+        codes = (tampered.status_code, wrong.status_code, missing.status_code)
+        if scheme == "bearer":  # a bearer token does not sign the body
+            assert codes[1:] == (401, 401), scheme
+        else:
+            assert codes == (401, 401, 401), (scheme, codes)
+        if scheme in ("stripe", "slack", "standard"):
+            stale = await h.client.post(url, content=body, headers=_sign(
+                scheme, secret, body, now - 3600))
+            assert stale.status_code == 401, scheme
+    status = (await h.client.get("/status")).json()
+    assert status["vault"]["configured"] and status["vault"]["reachable"]
+    assert not any(s in json.dumps(status) for s in SCHEME_SECRETS.values())
