@@ -109,6 +109,45 @@ def worker(
         pass
 
 
+@app.command("control-plane")
+def control_plane(
+    store: Annotated[str | None, typer.Option(
+        help="etcd://HOST:PORT[,...]/PREFIX | file:DIR [env WH_STORE]")] = None,
+    port: Annotated[int | None, typer.Option(help="[env WH_PORT, default 8070]")] = None,
+    host: Annotated[str | None, typer.Option(help="[env WH_HOST, default 127.0.0.1]")] = None,
+    admin_token_file: Annotated[Path | None, typer.Option(
+        help="file holding the admin token [or env WH_ADMIN_TOKEN]")] = None,
+    allow_plaintext_secrets: Annotated[bool | None, typer.Option(
+        "--allow-plaintext-secrets", help="accept secrets that are not references")] = None,
+    log_json: Annotated[bool | None, typer.Option("--log-json/--log-text")] = None,
+) -> None:
+    """Serve the control-plane API (the only writer of the config store)."""
+    import uvicorn
+
+    from control_plane.api import create_api
+    from control_plane.settings import ControlPlaneSettings, open_store
+    from data_plane.logs import configure
+
+    try:
+        settings = ControlPlaneSettings(**_given(
+            store=store, port=port, host=host, admin_token_file=admin_token_file,
+            allow_plaintext_secrets=allow_plaintext_secrets, log_json=log_json))
+        admin = settings.admin()
+        backend = open_store(settings.store, dict(os.environ))
+    except ValidationError as exc:
+        _settings_error(exc)
+        return
+    except (ValueError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if admin is None:
+        err.print("[yellow]warning:[/] no admin token (WH_ADMIN_TOKEN or --admin-token-file): "
+                  "only namespace tokens will work, and none can be created")
+    configure(settings.log_level, settings.log_json)
+    uvicorn.run(create_api(backend, admin, settings.allow_plaintext_secrets),
+                host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
 dlq = typer.Typer(help="List and replay dead-lettered deliveries (needs WH_REDIS_URL).",
                   no_args_is_help=True)
 app.add_typer(dlq, name="dlq")

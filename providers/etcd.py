@@ -24,26 +24,20 @@ from aetcd import rpc
 
 from providers.backoff import backoff
 from providers.errors import ProviderError, RevisionCompacted, StoreUnavailable
-from providers.etcd_conn import EtcdConnection, EtcdSettings, describe
+from providers.etcd_conn import (
+    EtcdConnection,
+    EtcdSettings,
+    describe,
+    prefix_range_end,
+    range_prefix,
+)
 from providers.provider import ChangeBatch, ProviderState, ProviderStatus, RawDoc
 from providers.resources import ResourceKey
 from providers.store_keys import RESOURCES, parse_resource_key
 
 log = logging.getLogger(__name__)
-PAGE = 20_000
 _STREAM_ERRORS = (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, OSError, TimeoutError)
 _PUT = rpc.Event.PUT
-
-
-def prefix_range_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with `prefix`."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,24 +88,12 @@ class EtcdProvider:
     async def _range_all(self, client: aetcd.Client) -> _Loaded:
         puts: dict[ResourceKey, RawDoc] = {}
         errors: list[str] = []
-        revision = 0
-        cluster_id = 0
-        start = self._key
-        while True:
-            req = rpc.RangeRequest(key=start, range_end=self._end, limit=PAGE, revision=revision)
-            resp = await client.kvstub.Range(
-                req, timeout=self.settings.timeout_s, metadata=client.metadata
-            )
-            if revision == 0:
-                revision = resp.header.revision
-                cluster_id = resp.header.cluster_id
-            for kv in resp.kvs:
-                self._put(kv, puts, errors)
-            if not resp.more or not resp.kvs:
-                break
-            start = resp.kvs[-1].key + b"\0"
+        header, kvs = await range_prefix(client, self._key, self.settings.timeout_s)
+        for kv in kvs:
+            self._put(kv, puts, errors)
         return _Loaded(
-            ChangeBatch(revision, puts, full=True, source_errors=tuple(errors)), cluster_id
+            ChangeBatch(header.revision, puts, full=True, source_errors=tuple(errors)),
+            header.cluster_id,
         )
 
     def _put(self, kv: rpc.KeyValue, puts: dict[ResourceKey, RawDoc], errors: list[str]) -> None:

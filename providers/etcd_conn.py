@@ -13,12 +13,13 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import aetcd
 import aetcd.exceptions
 import grpc
+from aetcd import rpc
 
 from providers.errors import RevisionCompacted, StoreUnavailable
 from providers.store_keys import normalize_prefix
@@ -38,10 +39,14 @@ GRPC_OPTIONS = {
 _CONNECTION_ERRORS = (
     aetcd.exceptions.ConnectionFailedError,
     aetcd.exceptions.ConnectionTimeoutError,
-    grpc.aio.AioRpcError,
     asyncio.TimeoutError,
     OSError,
 )
+# gRPC codes that mean "this member cannot answer now": try the next one.
+_RETRY_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,12 @@ class EtcdConnection:
                 return await asyncio.wait_for(fn(client), self.settings.timeout_s * 2)
             except aetcd.exceptions.RevisionCompactedError as exc:
                 raise RevisionCompacted(exc.compacted_revision) from exc
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRY_CODES:
+                    raise  # etcd answered: a refusal, not a connection problem
+                last = exc
+                log.debug("etcd %s failed: %s", self.endpoint, describe(exc))
+                await self.failover()
             except _CONNECTION_ERRORS as exc:
                 last = exc
                 log.debug("etcd %s failed: %s", self.endpoint, describe(exc))
@@ -150,6 +161,41 @@ class EtcdConnection:
             old, self._client = self._client, None
         if old is not None:
             await _close_quietly(old)
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with `prefix`."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
+
+
+async def range_prefix(
+    client: aetcd.Client, prefix: bytes, timeout_s: float, page: int = 20_000
+) -> tuple[Any, list[Any]]:
+    """(header of the first page, every key-value under `prefix`), all at one revision.
+
+    Paged, so a large prefix stays within gRPC message limits; pages after the first are
+    read at the first page's revision, so the result is one consistent view.
+    """
+    end = prefix_range_end(prefix)
+    header: Any = None
+    kvs: list[Any] = []
+    start = prefix
+    while True:
+        req = rpc.RangeRequest(key=start, range_end=end, limit=page,
+                               revision=header.revision if header is not None else 0)
+        resp = await client.kvstub.Range(req, timeout=timeout_s, metadata=client.metadata)
+        if header is None:
+            header = resp.header
+        kvs.extend(resp.kvs)
+        if not resp.more or not resp.kvs:
+            return header, kvs
+        start = resp.kvs[-1].key + b"\0"
 
 
 def describe(exc: BaseException | None) -> str:

@@ -84,8 +84,12 @@ def validate_document(doc: object, location: Location) -> AnyResource:
     try:
         return RESOURCE_ADAPTER.validate_python(doc)
     except ValidationError as exc:
+        found = [(field_path(doc, e["loc"]), e) for e in exc.errors()]
+        # A list whose only item failed also reports "too short": noise next to the real error.
+        paths = [p for p, _ in found]
         raise DocumentErrors(
-            DocumentError(location, field_path(doc, e["loc"]), _reason(e)) for e in exc.errors()
+            DocumentError(location, path, _reason(e)) for path, e in found
+            if not (e["type"] == "too_short" and any(q.startswith(path + "[") for q in paths))
         ) from None
 
 

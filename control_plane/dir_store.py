@@ -1,0 +1,215 @@
+"""The local directory store, laid out like a Kubernetes ConfigMap volume:
+
+    DIR/..data -> ..gen-00000000000000000042      one atomic symlink swap per apply
+    DIR/..gen-00000000000000000042/
+        resources/{namespace or _global}/{Kind}/{name}.json
+        .revision                                 "42"
+        .change.json                              this apply's history record
+    DIR/history/00000000000000000042.json         history, kept across generations
+    DIR/gateways/{id}.json                        gateway heartbeats
+    DIR/tokens/{digest}.json                      namespace tokens (hashed)
+    DIR/.lock                                     one writer at a time (flock)
+
+A gateway reading `file:DIR` resolves `..data` once per read and so sees each apply whole. The
+history record travels inside the generation, so the swap publishes both at once; copying it to
+`history/` afterwards is repeated by readers if a crash got in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from control_plane.store import Conflict, Draft, HistoryRecord, Stored
+from providers.file import DATA_LINK, REVISION_FILE
+from providers.resources import GLOBAL, KINDS, ResourceKey
+
+CHANGE_FILE = ".change.json"
+KEEP_GENERATIONS = 3  # old generations kept for readers still inside one
+
+
+class DirStore:
+    def __init__(self, root: Path | str, gateway_ttl_s: float = 15.0) -> None:
+        self.root = Path(root)
+        self.url = f"file:{self.root}"
+        self.gateway_ttl_s = gateway_ttl_s
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _current(self) -> tuple[int, Path | None]:
+        link = self.root / DATA_LINK
+        if not link.exists():
+            return 0, None
+        gen = link.resolve()
+        rev_file = gen / REVISION_FILE
+        return (int(rev_file.read_text()) if rev_file.exists() else 0), gen
+
+    def _read(self) -> tuple[int, dict[ResourceKey, Stored]]:
+        revision, gen = self._current()
+        out: dict[ResourceKey, Stored] = {}
+        if gen is None:
+            return revision, out
+        base = gen / "resources"
+        for path in base.glob("*/*/*.json"):
+            ns, kind, name = path.parent.parent.name, path.parent.name, path.stem
+            if kind not in KINDS:
+                continue
+            key = ResourceKey(kind, None if ns == GLOBAL else ns, name)
+            doc = json.loads(path.read_text())
+            out[key] = Stored(key, doc, int(doc.get("metadata", {}).get("revision", revision)))
+        return revision, out
+
+    async def read(self) -> tuple[int, dict[ResourceKey, Stored]]:
+        return await asyncio.to_thread(self._read)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _commit(self, draft: Draft, base_revision: int) -> int:
+        with self._locked():
+            current, old_gen = self._current()
+            if current != base_revision:
+                raise Conflict(
+                    f"the config changed since revision {base_revision} (now {current})", current
+                )
+            revision = current + 1
+            gen = self.root / f"..gen-{revision:020d}"
+            tmp = Path(tempfile.mkdtemp(prefix="..tmp-", dir=self.root))
+            try:
+                if old_gen is not None and (old_gen / "resources").exists():
+                    shutil.copytree(old_gen / "resources", tmp / "resources")
+                for key in draft.deletes:
+                    (tmp / _relpath(key)).unlink(missing_ok=True)
+                for key, doc in draft.puts.items():
+                    path = tmp / _relpath(key)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(doc, indent=2))
+                (tmp / REVISION_FILE).write_text(str(revision))
+                (tmp / CHANGE_FILE).write_text(json.dumps(draft.record(revision).as_dict()))
+                _fsync_tree(tmp)
+                os.rename(tmp, gen)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            link_tmp = self.root / f"..data-{revision}"
+            link_tmp.symlink_to(gen.name)
+            os.replace(link_tmp, self.root / DATA_LINK)  # the one atomic step
+            self._settle_history(gen)
+            self._collect(keep=gen)
+            return revision
+
+    async def commit(self, draft: Draft, base_revision: int) -> int:
+        return await asyncio.to_thread(self._commit, draft, base_revision)
+
+    def _settle_history(self, gen: Path) -> None:
+        change = gen / CHANGE_FILE
+        if not change.exists():
+            return
+        record = json.loads(change.read_text())
+        target = self.root / "history" / f"{int(record['revision']):020d}.json"
+        if not target.exists():
+            _atomic_write(target, json.dumps(record))
+
+    def _collect(self, keep: Path) -> None:
+        gens = sorted(p for p in self.root.glob("..gen-*") if p.is_dir())
+        for old in gens[:-KEEP_GENERATIONS]:
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob("..tmp-*"):
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
+
+    # -- history, gateways, tokens ------------------------------------------------------------
+
+    def _history(self, limit: int) -> list[HistoryRecord]:
+        _, gen = self._current()
+        if gen is not None:
+            self._settle_history(gen)
+        files = sorted((self.root / "history").glob("*.json"), reverse=True)[:limit]
+        return [HistoryRecord.from_dict(json.loads(f.read_text())) for f in files]
+
+    async def history(self, limit: int = 100) -> list[HistoryRecord]:
+        return await asyncio.to_thread(self._history, limit)
+
+    def _history_get(self, revision: int) -> HistoryRecord | None:
+        _, gen = self._current()
+        if gen is not None:
+            self._settle_history(gen)
+        path = self.root / "history" / f"{revision:020d}.json"
+        return HistoryRecord.from_dict(json.loads(path.read_text())) if path.exists() else None
+
+    async def history_get(self, revision: int) -> HistoryRecord | None:
+        return await asyncio.to_thread(self._history_get, revision)
+
+    def _gateways(self) -> list[dict[str, Any]]:
+        out = []
+        now = time.time()
+        for path in (self.root / "gateways").glob("*.json"):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            age = now - float(record.get("heartbeat", 0))
+            out.append({**record, "live": age <= self.gateway_ttl_s, "age_s": age})
+        return out
+
+    async def gateways(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._gateways)
+
+    async def put_token(self, digest: str, record: Mapping[str, Any]) -> None:
+        path = self.root / "tokens" / f"{digest}.json"
+        await asyncio.to_thread(_atomic_write, path, json.dumps(dict(record)))
+
+    async def get_token(self, digest: str) -> dict[str, Any] | None:
+        path = self.root / "tokens" / f"{digest}.json"
+        try:
+            text = await asyncio.to_thread(path.read_text)
+        except FileNotFoundError:
+            return None
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+    async def close(self) -> None:
+        return None
+
+
+def _relpath(key: ResourceKey) -> Path:
+    return Path("resources") / (key.namespace or GLOBAL) / key.kind / f"{key.name}.json"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -1,0 +1,199 @@
+"""The etcd store: one apply is one etcd transaction.
+
+The config revision is the mod revision of `{prefix}meta/config`, which every apply rewrites in
+the same transaction as its resources. Comparing it in the transaction makes an apply
+conditional on "nothing was applied since I read": optimistic concurrency without locks, and
+the `expected_revision` check for free. Gateway heartbeats move etcd's global revision all the
+time; they do not touch this key.
+
+History is kept under `{prefix}history/{revision}`, but the revision is only known once the
+transaction commits. So the transaction writes the record under a pending key; right after,
+it is moved to its final key. A crash in between leaves a pending record whose own mod revision
+*is* the apply's revision: readers finish the move (`_settle_pending`). History keys are live
+keys, so they survive compaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aetcd
+import grpc
+from aetcd import rpc
+
+from control_plane.store import Conflict, Draft, HistoryRecord, Stored, StoreRefused
+from providers.etcd_conn import EtcdConnection, EtcdSettings, prefix_range_end, range_prefix
+from providers.resources import ResourceKey
+from providers.store_keys import (
+    GATEWAYS,
+    HISTORY,
+    RESOURCES,
+    history_key,
+    parse_resource_key,
+    resource_key,
+)
+
+
+class EtcdStore:
+    def __init__(self, settings: EtcdSettings) -> None:
+        self.settings = settings
+        self.url = settings.url
+        self._conn = EtcdConnection(settings)
+        p = settings.prefix
+        self._prefix = p
+        self._meta = f"{p}meta/config".encode()
+        self._pending = f"{p}meta/pending-history/".encode()
+        self._tokens = f"{p}tokens/"
+
+    @classmethod
+    def from_url(cls, url: str, env: Mapping[str, str]) -> EtcdStore:
+        return cls(EtcdSettings.from_url(url, env))
+
+    async def read(self) -> tuple[int, dict[ResourceKey, Stored]]:
+        async def go(client: aetcd.Client) -> tuple[int, dict[ResourceKey, Stored]]:
+            header, kvs = await range_prefix(
+                client, f"{self._prefix}{RESOURCES}".encode(), self.settings.timeout_s
+            )
+            meta = await client.kvstub.Range(
+                rpc.RangeRequest(key=self._meta, revision=header.revision),
+                timeout=self.settings.timeout_s, metadata=client.metadata,
+            )  # fmt: skip
+            out: dict[ResourceKey, Stored] = {}
+            for kv in kvs:
+                try:
+                    key = parse_resource_key(self._prefix, kv.key.decode())
+                    out[key] = Stored(key, json.loads(kv.value), kv.mod_revision)
+                except ValueError:
+                    continue  # not ours to manage (a stray key, invalid JSON): gateways say so
+            return (meta.kvs[0].mod_revision if meta.kvs else 0), out
+
+        return await self._conn.call(go)
+
+    async def commit(self, draft: Draft, base_revision: int) -> int:
+        pending = self._pending + uuid.uuid4().hex.encode()
+        record = draft.record(0).as_dict()
+        ops = [_put(resource_key(self._prefix, k), json.dumps(d)) for k, d in draft.puts.items()]
+        ops += [_delete(resource_key(self._prefix, k)) for k in draft.deletes]
+        ops.append(_put(self._meta, json.dumps({"author": draft.author, "time": draft.time})))
+        ops.append(_put(pending, json.dumps(record)))
+        txn = rpc.TxnRequest(
+            compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD,
+                                 key=self._meta, mod_revision=base_revision)],
+            success=ops,
+        )  # fmt: skip
+
+        async def go(client: aetcd.Client) -> Any:
+            return await client.kvstub.Txn(
+                txn, timeout=self.settings.timeout_s * 4, metadata=client.metadata
+            )
+
+        try:
+            resp = await self._conn.call(go)
+        except grpc.aio.AioRpcError as exc:
+            raise _refused(exc, len(ops)) from exc
+        if not resp.succeeded:
+            current, _ = await self.read()
+            raise Conflict(
+                f"the config changed since revision {base_revision} (now {current})", current
+            )
+        revision = int(resp.header.revision)
+        await self._settle(pending, revision, record)
+        return revision
+
+    async def _settle(self, pending: bytes, revision: int, record: dict[str, Any]) -> None:
+        record["revision"] = revision
+        txn = rpc.TxnRequest(success=[
+            _put(history_key(self._prefix, revision), json.dumps(record)),
+            _delete(pending.decode()),
+        ])  # fmt: skip
+        await self._conn.call(lambda c: c.kvstub.Txn(
+            txn, timeout=self.settings.timeout_s, metadata=c.metadata))
+
+    async def _settle_pending(self) -> None:
+        """Finish history moves a crash interrupted (see the module docstring)."""
+        _, kvs = await self._conn.call(
+            lambda c: range_prefix(c, self._pending, self.settings.timeout_s)
+        )
+        for kv in kvs:
+            await self._settle(kv.key, kv.mod_revision, json.loads(kv.value))
+
+    async def history(self, limit: int = 100) -> list[HistoryRecord]:
+        await self._settle_pending()
+
+        async def go(client: aetcd.Client) -> Any:
+            start = f"{self._prefix}{HISTORY}".encode()
+            return await client.kvstub.Range(
+                rpc.RangeRequest(
+                    key=start, range_end=prefix_range_end(start), limit=limit,
+                    sort_order=rpc.RangeRequest.DESCEND, sort_target=rpc.RangeRequest.KEY,
+                ),
+                timeout=self.settings.timeout_s, metadata=client.metadata,
+            )  # fmt: skip
+
+        resp = await self._conn.call(go)
+        return [HistoryRecord.from_dict(json.loads(kv.value)) for kv in resp.kvs]
+
+    async def history_get(self, revision: int) -> HistoryRecord | None:
+        await self._settle_pending()
+        raw = await self._get(history_key(self._prefix, revision))
+        return HistoryRecord.from_dict(json.loads(raw)) if raw is not None else None
+
+    async def gateways(self) -> list[dict[str, Any]]:
+        _, kvs = await self._conn.call(lambda c: range_prefix(
+            c, f"{self._prefix}{GATEWAYS}".encode(), self.settings.timeout_s))
+        out = []
+        now = time.time()
+        for kv in kvs:
+            try:
+                record = json.loads(kv.value)
+            except ValueError:
+                continue
+            # The lease removes a dead gateway's key; present means live.
+            out.append({**record, "live": True, "age_s": now - record.get("heartbeat", now)})
+        return out
+
+    async def put_token(self, digest: str, record: Mapping[str, Any]) -> None:
+        txn = rpc.TxnRequest(success=[_put(self._tokens + digest, json.dumps(dict(record)))])
+        await self._conn.call(lambda c: c.kvstub.Txn(
+            txn, timeout=self.settings.timeout_s, metadata=c.metadata))
+
+    async def get_token(self, digest: str) -> dict[str, Any] | None:
+        raw = await self._get(self._tokens + digest)
+        return json.loads(raw) if raw is not None else None
+
+    async def _get(self, key: str) -> bytes | None:
+        resp = await self._conn.call(lambda c: c.kvstub.Range(
+            rpc.RangeRequest(key=key.encode()), timeout=self.settings.timeout_s,
+            metadata=c.metadata))
+        return bytes(resp.kvs[0].value) if resp.kvs else None
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+def _put(key: str | bytes, value: str) -> Any:
+    k = key.encode() if isinstance(key, str) else key
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=value.encode()))
+
+
+def _delete(key: str) -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
+
+
+def _refused(exc: grpc.aio.AioRpcError, n_ops: int) -> Exception:
+    details = exc.details() or ""
+    if "too many operations" in details:
+        return StoreRefused(
+            f"etcd refused one transaction of {n_ops} operations: raise etcd's "
+            "--max-txn-ops (default 128) above the largest apply, or apply in parts"
+        )
+    if "request is too large" in details:
+        return StoreRefused(
+            "etcd refused the transaction as too large: raise etcd's --max-request-bytes"
+        )
+    unknown: Exception = exc
+    return unknown
