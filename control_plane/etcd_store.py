@@ -15,7 +15,9 @@ keys, so they survive compaction.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -37,6 +39,8 @@ from providers.store_keys import (
     resource_key,
 )
 
+log = logging.getLogger(__name__)
+
 
 class EtcdStore:
     def __init__(self, settings: EtcdSettings) -> None:
@@ -48,12 +52,46 @@ class EtcdStore:
         self._meta = f"{p}meta/config".encode()
         self._pending = f"{p}meta/pending-history/".encode()
         self._tokens = f"{p}tokens/"
+        self._settling: set[asyncio.Task[None]] = set()
+        self._cache: tuple[tuple[int, int, int], int, dict[ResourceKey, Stored]] | None = None
 
     @classmethod
     def from_url(cls, url: str, env: Mapping[str, str]) -> EtcdStore:
         return cls(EtcdSettings.from_url(url, env))
 
     async def read(self) -> tuple[int, dict[ResourceKey, Stored]]:
+        """The config, from a cache while a cheap check says nothing changed in etcd.
+
+        The check covers applies (the meta key) and direct writes (newest mod revision and
+        count under resources/), so it costs two small range reads instead of parsing every
+        resource on each apply.
+        """
+        fingerprint = await self._conn.call(self._fingerprint)
+        if self._cache is not None and self._cache[0] == fingerprint:
+            return self._cache[1], dict(self._cache[2])
+        revision, resources = await self._conn.call(self._read_all)
+        self._cache = (fingerprint, revision, resources)
+        return revision, dict(resources)
+
+    async def _fingerprint(self, client: aetcd.Client) -> tuple[int, int, int]:
+        start = f"{self._prefix}{RESOURCES}".encode()
+        newest = await client.kvstub.Range(
+            rpc.RangeRequest(key=start, range_end=prefix_range_end(start), limit=1,
+                             keys_only=True, sort_order=rpc.RangeRequest.DESCEND,
+                             sort_target=rpc.RangeRequest.MOD),
+            timeout=self.settings.timeout_s, metadata=client.metadata,
+        )  # fmt: skip
+        meta = await client.kvstub.Range(
+            rpc.RangeRequest(key=self._meta, keys_only=True),
+            timeout=self.settings.timeout_s, metadata=client.metadata,
+        )  # fmt: skip
+        return (
+            meta.kvs[0].mod_revision if meta.kvs else 0,
+            newest.kvs[0].mod_revision if newest.kvs else 0,
+            int(newest.count),
+        )
+
+    async def _read_all(self, client: aetcd.Client) -> tuple[int, dict[ResourceKey, Stored]]:
         async def go(client: aetcd.Client) -> tuple[int, dict[ResourceKey, Stored]]:
             header, kvs = await range_prefix(
                 client, f"{self._prefix}{RESOURCES}".encode(), self.settings.timeout_s
@@ -71,7 +109,7 @@ class EtcdStore:
                     continue  # not ours to manage (a stray key, invalid JSON): gateways say so
             return (meta.kvs[0].mod_revision if meta.kvs else 0), out
 
-        return await self._conn.call(go)
+        return await go(client)
 
     async def commit(self, draft: Draft, base_revision: int) -> int:
         pending = self._pending + uuid.uuid4().hex.encode()
@@ -101,8 +139,31 @@ class EtcdStore:
                 f"the config changed since revision {base_revision} (now {current})", current
             )
         revision = int(resp.header.revision)
-        await self._settle(pending, revision, record)
+        self._remember(draft, base_revision, revision)
+        # Moving the record to its final key is not needed for the answer: readers settle
+        # pending records themselves, so it may finish after we reply.
+        task = asyncio.create_task(self._settle_quietly(pending, revision, record))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
         return revision
+
+    def _remember(self, draft: Draft, base_revision: int, revision: int) -> None:
+        """Carry the cache over our own write, so the next apply need not re-read it all."""
+        cache, self._cache = self._cache, None
+        if cache is None or cache[1] != base_revision or not draft.puts:
+            return
+        resources = dict(cache[2])
+        for key in draft.deletes:
+            resources.pop(key, None)
+        for key, doc in draft.puts.items():
+            resources[key] = Stored(key, doc, revision)
+        self._cache = ((revision, revision, len(resources)), revision, resources)
+
+    async def _settle_quietly(self, pending: bytes, revision: int, record: dict[str, Any]) -> None:
+        try:
+            await self._settle(pending, revision, record)
+        except Exception as exc:  # the next history read settles it
+            log.warning("history for revision %d left pending: %s", revision, exc)
 
     async def _settle(self, pending: bytes, revision: int, record: dict[str, Any]) -> None:
         record["revision"] = revision
@@ -172,6 +233,8 @@ class EtcdStore:
         return bytes(resp.kvs[0].value) if resp.kvs else None
 
     async def close(self) -> None:
+        if self._settling:
+            await asyncio.wait(self._settling, timeout=5)
         await self._conn.close()
 
 

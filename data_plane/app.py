@@ -58,7 +58,9 @@ def _api(gw: Gateway) -> FastAPI:
     @api.get("/readyz")
     async def readyz() -> JSONResponse:
         if gw.holder.ready:
-            return JSONResponse({"status": "ready", "revision": gw.holder.current.revision})
+            snap = gw.holder.current
+            return JSONResponse({"status": "ready", "revision": snap.revision,
+                                 "since": snap.built_at})
         return JSONResponse({"status": "not ready: no config loaded yet"}, status_code=503)
 
     @api.get("/status")

@@ -104,3 +104,67 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ControlPlaneProcess:
+    """`whplane control-plane` in its own process, with an admin token from the environment."""
+
+    def __init__(self, store: str, admin_token: str = "admin-e2e-token",
+                 env: Mapping[str, str] | None = None) -> None:
+        self.store = store
+        self.admin_token = admin_token
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="whplane-cp-"))
+        self.log_path = self.dir / "control-plane.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("WH_", "VAULT_"))},
+            "WH_ADMIN_TOKEN": admin_token,
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> ControlPlaneProcess:
+        argv = [sys.executable, "-m", "cli.whplane", "control-plane", "--store", self.store,
+                "--port", str(self.port)]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"control plane exited:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("control plane not up")
+
+    def whctl(self, *args: str, token: str | None = None,
+              check: bool = False) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "WHCTL_SERVER": self.url, "WHCTL_TOKEN": token or self.admin_token}
+        result = subprocess.run([sys.executable, "-m", "cli.whctl", *args], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"whctl {' '.join(args)} -> {result.returncode}\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def __enter__(self) -> ControlPlaneProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
