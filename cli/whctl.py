@@ -1,42 +1,513 @@
-"""`whctl`: the operators' client of the control plane (see docs/design.md section 5)."""
+"""`whctl`: the operators' client of the control plane (see docs/design.md section 5).
+
+Commands, flags, environment variables, exit codes and outputs are a public contract. Exit codes:
+0 success; 1 invalid files, the control plane refused the request, or `rollout status` timed out;
+2 the control plane could not be reached, or a usage error. `diff` differs on purpose: 0 no
+difference, 1 differences, 2 any error.
+
+The API client travels in `ctx.obj`. A caller of `app` (tests, end-to-end tests) may set
+`obj` to an `ApiClient`, used as it is, or to an `httpx.Client`, which the client built from
+`--server`, the token and `--request-timeout` then sends through:
+
+    CliRunner().invoke(app, ["gateways"], obj=httpx.Client(transport=..., base_url=...))
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
+import httpx
 import typer
 from rich.console import Console
 
-from providers.errors import DocumentErrors
-from providers.loader import load_paths
+from cli import render
+from cli.client import (
+    DEFAULT_SERVER,
+    DEFAULT_TIMEOUT,
+    ApiClient,
+    ApiError,
+    ApplyAnswer,
+    Doc,
+    RolloutStatus,
+    Unreachable,
+)
+from providers.errors import DocumentError, DocumentErrors, Location
+from providers.loader import iter_files, load_documents, parse_text
+from providers.references import has_refs
+from providers.resources import AnyResource, secret_fields
 
-app = typer.Typer(help="Manage whplane webhook config.", no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True)
+rollout_app = typer.Typer(help="Follow, list and undo config rollouts.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Namespace tokens (needs the admin token).", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(tokens_app, name="tokens")
+
+# Consoles resolve sys.stdout / sys.stderr when they write, so they follow redirections.
 out = Console()
 err = Console(stderr=True)
 
+POLL_INTERVAL_S = 0.5
+
+
+class Kinds(StrEnum):
+    webhooks = "webhooks"
+    connections = "connections"
+    namespaces = "namespaces"
+
+
+class Kind(StrEnum):
+    webhook = "webhook"
+    connection = "connection"
+    namespace = "namespace"
+
+
+class Format(StrEnum):
+    table = "table"
+    yaml = "yaml"
+    json = "json"
+
+
+class TableOrJson(StrEnum):
+    table = "table"
+    json = "json"
+
+
+API_KIND = {"webhook": "Webhook", "connection": "Connection", "namespace": "Namespace",
+            "webhooks": "Webhook", "connections": "Connection", "namespaces": "Namespace"}
+
+Files = Annotated[
+    list[Path],
+    typer.Option("-f", "--file", help="YAML/JSON file or directory of them; repeat for more"),
+]
+Message = Annotated[str, typer.Option("-m", "--message", help="why; kept in the history")]
+NamespaceOpt = Annotated[str | None, typer.Option("-n", "--namespace", help="namespace")]
+
 
 @app.callback()
-def _root() -> None:
-    """whctl talks to the control plane; `validate` works offline."""
+def _root(
+    ctx: typer.Context,
+    server: Annotated[
+        str, typer.Option(envvar="WHCTL_SERVER", help="control-plane URL")
+    ] = DEFAULT_SERVER,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="file holding the bearer token; without it, WHCTL_TOKEN is used"),
+    ] = None,
+    request_timeout: Annotated[
+        float, typer.Option(min=0.001, help="seconds to wait for each HTTP answer")
+    ] = DEFAULT_TIMEOUT,
+) -> None:
+    """Manage whplane webhook config through the control plane; `validate` works offline.
+
+    The token comes from WHCTL_TOKEN or --token-file, never from the command line.
+
+    Exit codes: 0 success; 1 invalid files, refused by the control plane, rollout timeout;
+    2 control plane unreachable or usage error.
+    diff: 0 no difference, 1 differences, 2 any error.
+    """
+    if isinstance(ctx.obj, ApiClient):
+        return  # injected by the caller, used as it is
+    token = _read_token(token_file) if token_file is not None else os.environ.get("WHCTL_TOKEN")
+    http = ctx.obj if isinstance(ctx.obj, httpx.Client) else None
+    api = ApiClient(server, token or None, timeout=request_timeout, http=http)
+    ctx.obj = api
+    ctx.call_on_close(api.close)
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        render.print_errors(err, f"cannot read the token file {path}: {_os_reason(exc)}")
+        raise typer.Exit(2) from None
+    if not token:
+        render.print_errors(err, f"the token file {path} is empty")
+        raise typer.Exit(2)
+    return token
+
+
+def _api(ctx: typer.Context) -> ApiClient:
+    api = ctx.find_object(ApiClient)
+    if api is None:  # only when a command is invoked without the root callback
+        raise RuntimeError("no ApiClient in the context")
+    return api
+
+
+@contextmanager
+def _server_errors(exit_code: int = 1) -> Iterator[None]:
+    """Print a failed call as `error: ...`; exit `exit_code` on a refusal, 2 when unreachable."""
+    try:
+        yield
+    except Unreachable as exc:
+        render.print_errors(err, str(exc))
+        raise typer.Exit(2) from None
+    except ApiError as exc:
+        render.print_api_error(err, exc)
+        raise typer.Exit(exit_code) from None
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Validated resources and, in the same order, the documents exactly as parsed."""
+
+    locations: list[Location]
+    docs: list[Doc]
+    resources: list[AnyResource]
+
+    @property
+    def sources(self) -> list[str]:
+        return [str(location) for location in self.locations]
+
+
+def load_files(paths: Sequence[Path]) -> Loaded:
+    """`providers.loader.load_paths`, keeping the parsed documents: they are sent, not the models.
+
+    Each file is read once, so what is validated is what is sent.
+    """
+    texts = [(str(f), f.read_text(encoding="utf-8")) for p in paths for f in iter_files(p)]
+    validated = load_documents(texts)
+    docs = [cast(Doc, d) for source, text in texts for _, d in parse_text(text, source)]
+    if len(docs) != len(validated):  # load_documents raises on any invalid document
+        raise RuntimeError("parsed and validated documents differ")
+    return Loaded([loc for loc, _ in validated], docs, [r for _, r in validated])
+
+
+def _load(paths: Sequence[Path], *, exit_code: int) -> Loaded:
+    try:
+        loaded = load_files(paths)
+    except DocumentErrors as exc:
+        _print_document_errors(exc.errors)
+        raise typer.Exit(exit_code) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        render.print_errors(err, f"cannot read {_os_name(exc, paths)}: {_os_reason(exc)}")
+        raise typer.Exit(exit_code) from None
+    return loaded
+
+
+def _print_document_errors(errors: Sequence[DocumentError]) -> None:
+    n = len(errors)
+    render.print_errors(err, f"{n} error{'s' if n != 1 else ''} in the documents",
+                        [str(e) for e in errors])
+
+
+def _require_resources(loaded: Loaded, paths: Sequence[Path], exit_code: int) -> None:
+    # An empty apply --prune would delete everything: refuse rather than guess.
+    if not loaded.docs:
+        render.print_errors(err, f"no resources in {', '.join(map(str, paths))}")
+        raise typer.Exit(exit_code)
+
+
+def _os_reason(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return exc.strerror or str(exc)
+
+
+def _os_name(exc: OSError | UnicodeDecodeError, paths: Sequence[Path]) -> str:
+    name = getattr(exc, "filename", None)
+    return str(name) if name else ", ".join(map(str, paths))
+
+
+def plaintext_secrets(loaded: Loaded) -> list[DocumentError]:
+    """Secret-bearing fields holding a literal instead of a reference (values never shown)."""
+    return [
+        DocumentError(location, path, "plaintext secret: use a reference such as "
+                      "{$vault:PATH#FIELD}, or pass --allow-plaintext-secrets")
+        for location, resource in zip(loaded.locations, loaded.resources, strict=True)
+        for path, value in secret_fields(resource).items()
+        if not has_refs(value)
+    ]
+
+
+# --- commands ----------------------------------------------------------------------------------
 
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Option("-f", "--file", help="file or directory")],
+    files: Files,
+    allow_plaintext_secrets: Annotated[
+        bool, typer.Option(help="accept literal values in secret-bearing fields")
+    ] = False,
 ) -> None:
-    """Check resource files offline; exit 1 on any error."""
+    """Check resource files offline. Exit 0 valid; 1 on any error."""
+    loaded = _load(files, exit_code=1)
+    if not allow_plaintext_secrets and (errors := plaintext_secrets(loaded)):
+        _print_document_errors(errors)
+        raise typer.Exit(1)
+    out.print(f"{len(loaded.resources)} resource(s) valid", markup=False, highlight=False)
+
+
+@app.command()
+def apply(
+    ctx: typer.Context,
+    files: Files,
+    dry_run: Annotated[bool, typer.Option(help="validate and report, write nothing")] = False,
+    prune: Annotated[
+        bool, typer.Option(help="delete resources of the files' namespaces that they omit")
+    ] = False,
+    message: Message = "",
+    expected_revision: Annotated[
+        int | None, typer.Option(help="refuse (409) unless the config is at this revision")
+    ] = None,
+    output: Annotated[TableOrJson, typer.Option("-o", "--output")] = TableOrJson.table,
+) -> None:
+    """Create, update (and with --prune delete) resources in one revision.
+
+    Exit 0 applied; 1 invalid files or refused (422 invalid, 409 conflict, 403, ...);
+    2 control plane unreachable.
+    """
+    loaded = _load(files, exit_code=1)
+    _require_resources(loaded, files, 1)
+    with _server_errors(exit_code=1):
+        answer = _api(ctx).apply(
+            loaded.docs, sources=loaded.sources, dry_run=dry_run, prune=prune,
+            expected_revision=expected_revision, message=message,
+        )
+    _print_answer(answer, output)
+
+
+@app.command()
+def diff(
+    ctx: typer.Context,
+    files: Files,
+    prune: Annotated[bool, typer.Option(help="also show what apply --prune would delete")] = False,
+) -> None:
+    """Show what apply would change, as a unified diff of the YAML.
+
+    Exit 0 no difference; 1 differences; 2 any error (invalid files, refusal, unreachable).
+    """
+    loaded = _load(files, exit_code=2)
+    _require_resources(loaded, files, 2)
+    with _server_errors(exit_code=2):
+        answer = _api(ctx).diff(loaded.docs, prune=prune)
+    changed = [c for c in answer.get("changes", []) if c.get("op") != "unchanged"]
+    for change in changed:
+        lines = render.unified_diff(change, answer.get("revision", 0))
+        out.print(render.diff_text(lines), soft_wrap=True, end="")
+    summary = (f"{len(changed)} resource(s) differ" if changed else "no differences") + (
+        f" from revision {answer.get('revision')}")
+    err.print(summary, markup=False, highlight=False)
+    raise typer.Exit(1 if changed else 0)
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    kinds: Annotated[Kinds, typer.Argument(metavar="webhooks|connections|namespaces")],
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="only this one")] = None,
+    namespace: NamespaceOpt = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("-A", "--all-namespaces", help="every namespace the token may read "
+                           "(the default without -n)")
+    ] = False,
+    output: Annotated[Format, typer.Option("-o", "--output")] = Format.table,
+) -> None:
+    """List resources; -o yaml prints documents that apply -f takes back unchanged.
+
+    -o json prints a JSON list.
+    Exit 0 found; 1 not found or refused; 2 control plane unreachable.
+    """
+    kind = API_KIND[kinds.value]
+    if namespace and all_namespaces:
+        raise typer.BadParameter("give -n NS or -A, not both", param_hint="'-n' / '-A'")
+    if kind == "Namespace" and namespace:
+        raise typer.BadParameter("namespaces are global: drop -n", param_hint="'-n'")
+    api = _api(ctx)
+    with _server_errors():
+        if name is not None and (namespace or kind == "Namespace"):
+            docs = [api.get_resource(kind, namespace, name)]
+        else:
+            docs = api.list_resources(kind, namespace)["items"]
+            if name is not None:
+                docs = [d for d in docs if (d.get("metadata") or {}).get("name") == name]
+    if name is not None and not docs:
+        render.print_errors(err, f"{kind.lower()} {name} not found in any namespace this token "
+                            "may read")
+        raise typer.Exit(1)
+    if output is Format.json:
+        render.plain(out, render.to_json(docs))
+    elif output is Format.yaml:
+        if docs:
+            render.plain(out, render.to_yaml(docs))
+    elif docs:
+        render.print_table(out, render.resources_table(kind, docs))
+    else:
+        err.print(f"no {kinds.value} found", markup=False, highlight=False)
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    kind: Annotated[Kind, typer.Argument(metavar="webhook|connection|namespace")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="name of the resource")],
+    namespace: Annotated[
+        str | None,
+        typer.Option("-n", "--namespace", help="namespace; a connection without -n is global"),
+    ] = None,
+    message: Message = "",
+) -> None:
+    """Delete one resource (a new revision). Exit 0 deleted; 1 refused or unknown; 2 unreachable."""
+    api_kind = API_KIND[kind.value]
+    if api_kind == "Webhook" and not namespace:
+        raise typer.BadParameter("a webhook lives in a namespace: give -n NS", param_hint="'-n'")
+    if api_kind == "Namespace" and namespace:
+        raise typer.BadParameter("namespaces are global: drop -n", param_hint="'-n'")
+    with _server_errors():
+        answer = _api(ctx).delete_resource(api_kind, namespace, name, message=message)
+    _print_answer(answer, TableOrJson.table)
+
+
+@app.command()
+def gateways(
+    ctx: typer.Context,
+    output: Annotated[TableOrJson, typer.Option("-o", "--output")] = TableOrJson.table,
+) -> None:
+    """List the gateways and the revision each one serves; -o json prints a JSON list.
+
+    Exit 0 listed; 1 refused; 2 control plane unreachable.
+    """
+    with _server_errors():
+        items = _api(ctx).gateways()
+    if output is TableOrJson.json:
+        render.plain(out, render.to_json(items))
+    elif items:
+        render.print_table(out, render.gateways_table(items))
+    else:
+        err.print("no gateways registered", markup=False, highlight=False)
+
+
+@rollout_app.command("status")
+def rollout_status(
+    ctx: typer.Context,
+    revision: Annotated[
+        int | None, typer.Option(help="revision to wait for; default: the latest")
+    ] = None,
+    timeout: Annotated[
+        str, typer.Option(help="how long to wait: 30s, 2m, 500ms, 1m30s or seconds")
+    ] = "30s",
+) -> None:
+    """Wait until every live gateway applied the revision; progress goes to stderr.
+
+    Prints the gateways' table at the end.
+    Exit 0 complete; 1 timed out (naming the lagging gateways) or refused; 2 unreachable.
+    """
     try:
-        resources = load_paths(files)
-    except DocumentErrors as exc:
-        for e in exc.errors:
-            err.print(f"[red]error:[/] {e}")
-        err.print(f"{len(exc.errors)} error(s)")
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    out.print(f"{len(resources)} resource(s) valid")
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--timeout'") from None
+    api = _api(ctx)
+    deadline = time.monotonic() + seconds
+    with _server_errors(), err.status("asking the control plane") as spinner:
+        status = api.rollout_status(revision)
+        while not status["complete"]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            spinner.update(f"{_progress(status)}; {remaining:.0f}s left")
+            time.sleep(min(POLL_INTERVAL_S, remaining))
+            # Pinned to the first answer's revision: a later apply must not move the target.
+            status = api.rollout_status(status["revision"])
+    render.print_table(out, render.rollout_table(status))
+    if status["complete"]:
+        err.print(_progress(status), markup=False, highlight=False)
+        return
+    lagging = [
+        f"{gw['id']} is at revision {gw['revision'] if gw['revision'] is not None else '-'}"
+        for gw in status["gateways"] if not gw["applied"]
+    ]
+    render.print_errors(err, f"timed out after {seconds:g}s: {_progress(status)}", lagging)
+    raise typer.Exit(1)
+
+
+def _progress(status: RolloutStatus) -> str:
+    return (f"revision {status['revision']}: applied by {status['applied']}/{status['live']} "
+            "live gateway(s)")
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `30s`, `2m`, `500ms`, `1h`, `1m30s` or plain (fractional) seconds."""
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds, pos = 0.0, 0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_S[match.group(2)]
+            pos = match.end()
+        if pos == 0 or pos != len(value):
+            raise ValueError(f"{text!r} is not a duration such as 30s, 2m or 500ms") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 2m or 500ms")
+    return seconds
+
+
+@rollout_app.command("history")
+def rollout_history(
+    ctx: typer.Context,
+    namespace: NamespaceOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
+) -> None:
+    """List past revisions with their changes. Exit 0; 1 refused; 2 unreachable."""
+    with _server_errors():
+        items = _api(ctx).history(namespace, limit=limit)
+    if items:
+        render.print_table(out, render.history_table(items))
+    else:
+        err.print("no history", markup=False, highlight=False)
+
+
+@rollout_app.command("undo")
+def rollout_undo(
+    ctx: typer.Context,
+    namespace: Annotated[str, typer.Option("-n", "--namespace", help="namespace to roll back")],
+    to_revision: Annotated[
+        int | None, typer.Option(help="restore the namespace as of this revision; "
+                                 "default: undo its latest change")
+    ] = None,
+    message: Message = "",
+) -> None:
+    """Roll a namespace back (a new revision). Exit 0; 1 refused; 2 unreachable."""
+    with _server_errors():
+        answer = _api(ctx).rollback(namespace, to_revision=to_revision, message=message)
+    _print_answer(answer, TableOrJson.table)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    ctx: typer.Context,
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="namespace it may use")],
+) -> None:
+    """Create a namespace token and print it alone on stdout. Exit 0; 1 refused; 2 unreachable."""
+    with _server_errors():
+        answer = _api(ctx).create_token(namespace)
+    render.plain(out, answer["token"])
+    err.print(f"token for namespace {answer.get('namespace', namespace)} created; it is not "
+              "shown again", markup=False, highlight=False)
+
+
+def _print_answer(answer: ApplyAnswer, output: TableOrJson) -> None:
+    if output is TableOrJson.json:
+        render.plain(out, render.to_json(answer))
+    else:
+        render.plain(out, "\n".join(render.apply_lines(answer)))
 
 
 def main() -> None:
