@@ -19,6 +19,7 @@ import tracemalloc
 
 import aetcd
 
+from cli.servers import EtcdServer
 from providers.etcd import EtcdProvider
 from providers.etcd_conn import EtcdSettings
 from providers.holder import SnapshotHolder
@@ -26,7 +27,6 @@ from providers.provider import ChangeBatch
 from providers.resources import ResourceKey
 from providers.store_keys import resource_key
 from tests.docs import connection, namespace, webhook
-from tests.servers import EtcdServer
 
 PREFIX = "/whplane/"
 ENV = {"GITHUB_SECRET": "s3cret", "API_TOKEN": "t0ken"}

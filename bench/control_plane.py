@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from tests.gateways import ControlPlaneProcess, GatewayProcess
-from tests.servers import EtcdServer
+from cli.processes import ControlPlaneProcess, GatewayProcess
+from cli.servers import EtcdServer
 
 PREFIX = "/whplane/"
 

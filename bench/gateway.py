@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.gateways import GatewayProcess
-from tests.servers import RedisServer, free_port
+from cli.processes import GatewayProcess
+from cli.servers import RedisServer, free_port
 
 SECRET = "bench-secret"
 BODY = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "x" * 40}] * 5}).encode()

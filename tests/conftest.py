@@ -1,4 +1,4 @@
-"""Real-server fixtures (see tests/servers.py).
+"""Real-server fixtures (see cli/servers.py).
 
 Session-scoped servers are shared and must not be stopped by tests: isolate with
 ``etcd_prefix`` / ``vault_path``. A test that stops, kills or restarts a server uses the
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import EtcdCluster, EtcdServer, RedisServer, ServerError, VaultServer
+from cli.servers import EtcdCluster, EtcdServer, RedisServer, ServerError, VaultServer
 
 # --- shared, session-scoped --------------------------------------------------------------------
 

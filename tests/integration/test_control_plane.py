@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
+from cli.servers import EtcdServer
 from control_plane.api import create_api
 from control_plane.dir_store import DirStore
 from control_plane.etcd_store import EtcdStore
 from providers.etcd_conn import EtcdSettings
 from providers.file import FileProvider
-from tests.servers import EtcdServer
 
 ADMIN = "admin-token-for-tests"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import aetcd
 import pytest
 
+from cli.servers import EtcdCluster, EtcdServer
 from providers.etcd import EtcdProvider
 from providers.etcd_conn import EtcdSettings
 from providers.holder import SnapshotHolder
@@ -19,7 +20,6 @@ from providers.resources import ResourceKey
 from providers.snapshot import Snapshot
 from providers.store_keys import resource_key
 from tests.docs import connection, webhook
-from tests.servers import EtcdCluster, EtcdServer
 
 ENV = {"S": "s3cret"}
 

@@ -15,11 +15,11 @@ import httpx
 import pytest
 import yaml
 
+from cli.processes import github_signature
+from cli.servers import RedisServer
 from data_plane.app import GatewayApp, create_app
 from data_plane.dlq import DeadLetters
 from data_plane.settings import GatewaySettings
-from tests.gateways import github_signature
-from tests.servers import RedisServer
 from tests.sink import Sink
 
 SECRET = "gh-secret"

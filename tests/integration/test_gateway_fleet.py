@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from cli.processes import GatewayProcess, github_signature
+from cli.servers import EtcdServer, RedisServer
 from providers.resources import ResourceKey
 from providers.store_keys import resource_key
-from tests.gateways import GatewayProcess, github_signature
-from tests.servers import EtcdServer, RedisServer
 from tests.sink import Sink
 
 SECRET = "fleet-secret"

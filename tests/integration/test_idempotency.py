@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from cli.servers import RedisServer
 from data_plane.idempotency import Idempotency
 from data_plane.redis_keys import IDEMPOTENCY_PREFIX, idempotency_key
-from tests.servers import RedisServer
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from immutables import Map
 from pydantic import TypeAdapter
 
+from cli.servers import LOOPBACK, RedisServer, free_port
 from data_plane.chain import run_chain
 from data_plane.clients import Clients
 from data_plane.delivery import Delivery
@@ -27,7 +28,6 @@ from data_plane.modules import MODULES
 from providers.resources import Connection, Webhook
 from providers.snapshot import Endpoint
 from tests.docs import connection
-from tests.servers import LOOPBACK, RedisServer, free_port
 
 _WEBHOOK = TypeAdapter(Webhook)
 _CONNECTION = TypeAdapter(Connection)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from cli.servers import RedisServer
 from data_plane.circuit import Circuits
 from data_plane.delivery import Delivery
 from data_plane.dlq import DeadLetters
@@ -23,7 +24,6 @@ from data_plane.queue import Backpressure, DeliveryQueue
 from data_plane.redis_keys import GROUP
 from data_plane.worker import REASON_EXHAUSTED, REASON_GONE, REASON_PERMANENT, Worker
 from providers.resources import Retry
-from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = Retry(attempts=4, initial_delay_s=0.05, max_delay_s=0.4)

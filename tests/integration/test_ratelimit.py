@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from cli.servers import RedisServer
 from data_plane.ratelimit import _TOKEN_BUCKET, RateLimiter
 from data_plane.redis_keys import rate_limit_key
-from tests.servers import RedisServer
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.gateways import ControlPlaneProcess, GatewayProcess, github_signature
-from tests.servers import EtcdServer, VaultServer
+from cli.processes import ControlPlaneProcess, GatewayProcess, github_signature
+from cli.servers import EtcdServer, VaultServer
 
 SECRET_A, SECRET_B = "secret-version-a", "secret-version-b"
 GW_ENV = {"SECRET_A": SECRET_A, "SECRET_B": SECRET_B}

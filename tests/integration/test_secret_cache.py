@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from cli.servers import VaultServer
 from providers.errors import ReferenceError_
 from providers.references import VaultRef, env_resolver, substitute
 from providers.secret_cache import SecretCache
 from providers.vault_client import VaultClient, VaultSettings
-from tests.servers import VaultServer
 
 
 class CountingClient(VaultClient):

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from cli.servers import VaultServer
 from providers.holder import SnapshotHolder
 from providers.provider import ChangeBatch
 from providers.resources import ResourceKey
 from providers.secret_cache import SecretCache
 from providers.vault_client import VaultClient, VaultSettings
 from tests.docs import connection, webhook
-from tests.servers import VaultServer
 
 HOOK = ResourceKey("Webhook", "acme", "gh")
 CONN = ResourceKey("Connection", "acme", "api")

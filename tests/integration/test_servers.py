@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import (
+from cli.servers import (
     BinaryNotFoundError,
     EtcdCluster,
     EtcdServer,
@@ -171,7 +171,7 @@ def test_redis_own_fixture_can_be_killed(redis_own: RedisServer) -> None:
 
 _LEAK_SCRIPT = """
 import os, signal, sys
-from tests.servers import RedisServer
+from cli.servers import RedisServer
 server = RedisServer()
 server.start()
 sys.stdout.write(f"{server.pid} {server.base_dir}\\n")

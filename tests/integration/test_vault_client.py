@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from cli.servers import LOOPBACK, VaultServer, free_port
 from providers.errors import SecretBackendError
 from providers.vault_client import VaultClient, VaultRequestError, VaultSettings
-from tests.servers import LOOPBACK, VaultServer, free_port
 
 log = logging.getLogger(__name__)
 

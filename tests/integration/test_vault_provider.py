@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from cli.servers import LOOPBACK, VaultServer, free_port
 from providers.errors import StoreUnavailable
 from providers.provider import ChangeBatch, ConfigProvider, ProviderState
 from providers.resources import ResourceKey
 from providers.vault import VaultProvider, live_version, parse_url
 from providers.vault_client import VaultSettings
-from tests.servers import LOOPBACK, VaultServer, free_port
 
 POLL = 0.5
 

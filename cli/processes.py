@@ -1,4 +1,5 @@
-"""Run real `whplane gateway` processes for end-to-end tests and benchmarks."""
+"""Run whplane processes (gateway, worker, control plane) for the local stack, scenarios, tests
+and benchmarks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import free_port
+from cli.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
