@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 up: $(STAMP)
-	$(VENV)/bin/whplane gateway --config file:examples/
+	$(VENV)/bin/whplane up
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from cli.servers import free_port
+from cli.servers import die_with_parent_hook, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,8 @@ class GatewayProcess:
         argv += list(self.args)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=log,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=die_with_parent_hook())
         if wait_ready and self.command == "gateway":
             self.wait_ready(timeout)
         return self
@@ -133,7 +134,8 @@ class ControlPlaneProcess:
                 "--port", str(self.port)]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=log,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=die_with_parent_hook())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -198,7 +198,7 @@ if sys.platform.startswith("linux"):
         _libc = None
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
+def die_with_parent_hook() -> Callable[[], None] | None:
     """A preexec_fn asking the kernel to SIGKILL the child when this thread's process dies.
 
     atexit never runs when the test runner itself is SIGKILLed (CI timeouts), so this is what
@@ -372,7 +372,7 @@ class _ServerProcess:
                 env=self._env(),
                 cwd=self.base_dir,
                 start_new_session=True,
-                preexec_fn=_die_with_parent_hook(),
+                preexec_fn=die_with_parent_hook(),
             )
         self._proc = proc
         with _lock:

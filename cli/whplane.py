@@ -148,6 +148,24 @@ def control_plane(
                 host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
+@app.command()
+def up(
+    etcd: Annotated[bool, typer.Option("--etcd", help="store in a real etcd (wheel)")] = False,
+    vault: Annotated[bool, typer.Option("--vault", help="secrets from OpenBao (wheel)")] = False,
+    redis: Annotated[bool, typer.Option("--redis", help="Redis for async delivery")] = False,
+    examples: Annotated[Path, typer.Option(help="config to apply")] = Path("examples"),
+    gateways: Annotated[int, typer.Option(min=1, max=9, help="gateway processes")] = 2,
+    port: Annotated[int, typer.Option(help="control plane port; gateways from port+10")] = 8070,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="keep state here (default: a temporary directory, removed on exit)")] = None,
+) -> None:
+    """Start the local stack: a control plane and gateways, with the examples applied."""
+    from cli import up as local_stack
+
+    raise typer.Exit(local_stack.run(Console(), examples, data_dir, gateways, etcd, vault,
+                                     redis, port))
+
+
 dlq = typer.Typer(help="List and replay dead-lettered deliveries (needs WH_REDIS_URL).",
                   no_args_is_help=True)
 app.add_typer(dlq, name="dlq")

@@ -46,7 +46,11 @@ async def run(step: FileStep, endpoint: Endpoint, delivery: Delivery, clients: C
 
 
 def _append(path: str, line: bytes) -> None:
-    fd = os.open(path, _FLAGS, _MODE)
+    try:
+        fd = os.open(path, _FLAGS, _MODE)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # a first write to a new dir
+        fd = os.open(path, _FLAGS, _MODE)
     try:
         view = memoryview(line)
         while view:
