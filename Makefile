@@ -19,6 +19,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	@command -v wrk >/dev/null || { echo "installing wrk (load generator)"; \
+		(apt-get install -y wrk || (apt-get update && apt-get install -y wrk)) >/dev/null; }
 	$(PY) -m bench
 
 lint: $(STAMP)
