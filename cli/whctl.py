@@ -41,9 +41,8 @@ from cli.client import (
     Unreachable,
 )
 from providers.errors import DocumentError, DocumentErrors, Location
-from providers.loader import iter_files, load_documents, parse_text
-from providers.references import has_refs
-from providers.resources import AnyResource, secret_fields
+from providers.loader import iter_files, load_documents, parse_text, plaintext_secrets
+from providers.resources import AnyResource
 
 app = typer.Typer(no_args_is_help=True)
 rollout_app = typer.Typer(help="Follow, list and undo config rollouts.", no_args_is_help=True)
@@ -220,17 +219,6 @@ def _os_name(exc: OSError | UnicodeDecodeError, paths: Sequence[Path]) -> str:
     return str(name) if name else ", ".join(map(str, paths))
 
 
-def plaintext_secrets(loaded: Loaded) -> list[DocumentError]:
-    """Secret-bearing fields holding a literal instead of a reference (values never shown)."""
-    return [
-        DocumentError(location, path, "plaintext secret: use a reference such as "
-                      "{$vault:PATH#FIELD}, or pass --allow-plaintext-secrets")
-        for location, resource in zip(loaded.locations, loaded.resources, strict=True)
-        for path, value in secret_fields(resource).items()
-        if not has_refs(value)
-    ]
-
-
 # --- commands ----------------------------------------------------------------------------------
 
 
@@ -243,7 +231,10 @@ def validate(
 ) -> None:
     """Check resource files offline. Exit 0 valid; 1 on any error."""
     loaded = _load(files, exit_code=1)
-    if not allow_plaintext_secrets and (errors := plaintext_secrets(loaded)):
+    resources = zip(loaded.locations, loaded.resources, strict=True)
+    errors = [] if allow_plaintext_secrets else plaintext_secrets(
+        resources, ", or pass --allow-plaintext-secrets")
+    if errors:
         _print_document_errors(errors)
         raise typer.Exit(1)
     out.print(f"{len(loaded.resources)} resource(s) valid", markup=False, highlight=False)

@@ -16,10 +16,9 @@ from typing import Any
 from control_plane.changes import cascade, comparable, plan, prune_targets, state_at
 from control_plane.store import Change, Conflict, Doc, Draft, Store, Stored
 from control_plane.tokens import Principal
-from providers.errors import DocumentError, DocumentErrors, Location, ReferenceError_
-from providers.loader import validate_document
-from providers.references import has_refs, refs_in
-from providers.resources import GLOBAL, AnyResource, ResourceKey, Webhook, key_of, secret_fields
+from providers.errors import DocumentError, DocumentErrors, Location
+from providers.loader import plaintext_secrets, validate_documents
+from providers.resources import GLOBAL, AnyResource, ResourceKey, Webhook, key_of
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("control_plane.audit")
@@ -68,39 +67,21 @@ class ControlPlane:
 
     def _validate(self, docs: Sequence[Mapping[str, Any]],
                   sources: Sequence[str] | None) -> list[_Doc]:
-        errors: list[DocumentError] = []
-        out: list[_Doc] = []
-        seen: dict[ResourceKey, Location] = {}
-        for i, doc in enumerate(docs):
-            loc = Location(sources[i], None) if sources and i < len(sources) else \
-                Location("request", i)
-            try:
-                resource = validate_document(doc, loc)
-            except DocumentErrors as exc:
-                errors.extend(exc.errors)
-                continue
-            key = key_of(resource)
-            if key in seen:
-                errors.append(DocumentError(loc, "metadata.name",
-                                            f"{key} is also defined at {seen[key]}"))
-                continue
-            seen[key] = loc
-            try:
-                refs_in(doc)
-            except ReferenceError_ as exc:
-                errors.append(DocumentError(loc, str(exc).split(":", 1)[0],
-                                            str(exc).split(":", 1)[-1].strip()))
-            if not self.allow_plaintext_secrets:
-                for path, value in secret_fields(resource).items():
-                    if not has_refs(value):
-                        errors.append(DocumentError(
-                            loc, path, "plaintext secret: use a reference such as "
-                            "{$vault:PATH#FIELD} (or start the control plane with "
-                            "--allow-plaintext-secrets)"))  # fmt: skip
-            out.append(_Doc(key, dict(doc), resource, loc))
-        if errors:
-            raise Invalid(errors)
-        return out
+        locations = [
+            Location(sources[i]) if sources and i < len(sources) else Location("request", i)
+            for i in range(len(docs))
+        ]
+        try:
+            valid = validate_documents(zip(locations, docs, strict=True))
+        except DocumentErrors as exc:
+            raise Invalid(exc.errors) from None
+        if not self.allow_plaintext_secrets:
+            errors = plaintext_secrets(
+                valid, " (or start the control plane with --allow-plaintext-secrets)")
+            if errors:
+                raise Invalid(errors)
+        return [_Doc(key_of(r), dict(doc), r, loc)
+                for (loc, r), doc in zip(valid, docs, strict=True)]
 
     @staticmethod
     def _check_final(final: Mapping[ResourceKey, Doc], touched: Mapping[ResourceKey, _Doc],

@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from providers.errors import DocumentError, DocumentErrors, Location
-from providers.resources import KINDS, AnyResource, Resource, ResourceKey, key_of
+from providers.errors import DocumentError, DocumentErrors, Location, ReferenceError_
+from providers.references import has_refs, refs_in
+from providers.resources import KINDS, AnyResource, Resource, ResourceKey, key_of, secret_fields
 
 RESOURCE_ADAPTER: TypeAdapter[AnyResource] = TypeAdapter(Resource)
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -146,39 +147,72 @@ def iter_files(path: Path) -> Iterator[Path]:
             yield child
 
 
-def load_documents(
-    texts: Iterable[tuple[str, str]],
+def validate_documents(
+    items: Iterable[tuple[Location, object]],
 ) -> list[tuple[Location, AnyResource]]:
-    """Validate documents from (source, text) pairs; raise DocumentErrors listing all problems.
+    """Validate parsed documents; raise DocumentErrors listing every problem of every one.
 
-    Two documents with the same kind, namespace and name are an error too: which one wins would
-    otherwise depend on file order.
+    Beyond the schema: reference syntax, and duplicates (two documents with the same kind,
+    namespace and name: which one wins would otherwise depend on their order).
     """
     errors: list[DocumentError] = []
     out: list[tuple[Location, AnyResource]] = []
     seen: dict[ResourceKey, Location] = {}
-    for source, text in texts:
+    for location, doc in items:
         try:
-            parsed = parse_text(text, source)
+            resource = validate_document(doc, location)
         except DocumentErrors as exc:
             errors.extend(exc.errors)
             continue
-        for location, doc in parsed:
-            try:
-                resource = validate_document(doc, location)
-            except DocumentErrors as exc:
-                errors.extend(exc.errors)
-                continue
-            key = key_of(resource)
-            if key in seen:
-                errors.append(DocumentError(location, "metadata.name", f"{key} already defined "
-                                            f"at {seen[key]}"))
-                continue
-            seen[key] = location
-            out.append((location, resource))
+        key = key_of(resource)
+        if key in seen:
+            errors.append(DocumentError(location, "metadata.name",
+                                        f"{key} already defined at {seen[key]}"))
+            continue
+        seen[key] = location
+        try:
+            refs_in(doc)
+        except ReferenceError_ as exc:
+            path, _, reason = str(exc).partition(": ")
+            errors.append(DocumentError(location, path, reason))
+            continue
+        out.append((location, resource))
     if errors:
         raise DocumentErrors(errors)
     return out
+
+
+def plaintext_secrets(
+    resources: Iterable[tuple[Location, AnyResource]], remedy: str
+) -> list[DocumentError]:
+    """Secret-bearing fields holding a literal instead of a reference (values never shown)."""
+    return [
+        DocumentError(location, path,
+                      f"plaintext secret: use a reference such as {{$vault:PATH#FIELD}}{remedy}")
+        for location, resource in resources
+        for path, value in secret_fields(resource).items()
+        if not has_refs(value)
+    ]
+
+
+def load_documents(
+    texts: Iterable[tuple[str, str]],
+) -> list[tuple[Location, AnyResource]]:
+    """Validate documents from (source, text) pairs; raise DocumentErrors listing all problems."""
+    errors: list[DocumentError] = []
+    parsed: list[tuple[Location, object]] = []
+    for source, text in texts:
+        try:
+            parsed.extend(parse_text(text, source))
+        except DocumentErrors as exc:
+            errors.extend(exc.errors)
+    try:
+        valid = validate_documents(parsed)
+    except DocumentErrors as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise DocumentErrors(errors)
+    return valid
 
 
 def load_paths(paths: Iterable[Path | str]) -> list[tuple[Location, AnyResource]]:
