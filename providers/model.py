@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, TypeVar, dataclass_transform
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.dataclasses import dataclass
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -60,10 +60,15 @@ Secrets = Annotated[
     tuple[str, ...],
     BeforeValidator(_as_tuple),
     AfterValidator(_non_empty),
-    Field(
-        description="a secret reference, or a list of them (all are accepted, for rotation)",
-        json_schema_extra={"x-whplane-secret": True},
-    ),
+    # What an operator may write: one string or a list (the model normalises to a tuple).
+    WithJsonSchema({
+        "anyOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        ],
+        "description": "a secret reference, or a list of them (all are accepted, for rotation)",
+        "x-whplane-secret": True,
+    }),
 ]
 
 def shared(value: T) -> T:

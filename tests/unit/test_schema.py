@@ -188,3 +188,16 @@ def test_published_json_schema_is_current() -> None:
     assert json.loads(published.read_text()) == resource_json_schema(), (
         "docs/resource.schema.json is stale: regenerate it from providers.schema_export"
     )
+
+
+def test_examples_validate_against_the_published_json_schema() -> None:
+    import jsonschema
+    import yaml
+
+    root = Path(__file__).parents[2]
+    schema = json.loads((root / "docs" / "resource.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted((root / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            errors = [e.message for e in validator.iter_errors(doc)]
+            assert not errors, (path.name, errors)
