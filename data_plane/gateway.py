@@ -113,6 +113,7 @@ class Gateway:
                 lambda: self.worker.stats.in_flight if self.worker else None),
         })  # fmt: skip
         self._tasks: list[asyncio.Task[Any]] = []
+        self.inflight = 0  # webhook requests being handled (bounded by max_concurrent_requests)
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """`POST /webhook/{namespace}/{name}`: the hot path, as a plain ASGI app.
 
 One snapshot is read at the start and used to the end; its revision goes out in
-`X-Whplane-Revision` on every answer. Order of checks, cheapest first: lookup, declared size,
-rate limits, body (read as a stream and cut at the limit), verification, payload checks, then
-delivery: the chain in `sync` mode, or a durable enqueue in `async` mode (202 only once Redis
-holds it).
+`X-Whplane-Revision` on every answer. Order of checks: method and load, lookup, declared size,
+body (read as a stream and cut at the limit), verification, rate limits (after verification,
+so unsigned floods cannot use up a sender's limit), payload checks, then delivery: the chain
+in `sync` mode, or a durable enqueue in `async` mode (202 only once Redis holds it).
 """
 
 from __future__ import annotations
@@ -49,9 +49,11 @@ class Ingest:
         rid = _header(scope, b"x-request-id") or self.gw.ids()
         token = request_id_var.set(rid)
         started = time.perf_counter()
+        self.gw.inflight += 1
         try:
             await self._handle(scope, receive, send, rid, started)
         finally:
+            self.gw.inflight -= 1
             request_id_var.reset(token)
 
     async def _handle(self, scope: Scope, receive: Any, send: Any, rid: str, t0: float) -> None:
@@ -60,6 +62,14 @@ class Ingest:
         reply = _Reply(send, rid, snap.revision)
         if not gw.holder.ready:
             await reply.json(503, {"error": "not ready: no config loaded yet"}, retry_after=1)
+            return
+        if scope["method"] != "POST":  # before the lookup: a GET must not reveal names
+            gw.metrics.request("_unknown", "bad_method")
+            await reply.json(405, {"error": "use POST"}, extra=[(b"allow", b"POST")])
+            return
+        if gw.inflight >= gw.settings.max_concurrent_requests:
+            gw.metrics.request("_unknown", "overloaded")
+            await reply.json(503, {"error": "overloaded"}, retry_after=1)
             return
         m = _PATH.match(scope["path"])
         endpoint = snap.endpoint(m.group(1), m.group(2)) if m else None
@@ -73,10 +83,6 @@ class Ingest:
         def outcome(label: str) -> None:
             gw.metrics.request(ns, label)
 
-        if scope["method"] != "POST":
-            outcome("bad_method")
-            await reply.json(405, {"error": "use POST"}, extra=[(b"allow", b"POST")])
-            return
         compiled = gw.compiled.get(hook)
         if compiled.verifier is None:
             outcome("misconfigured")
@@ -88,18 +94,6 @@ class Ingest:
         if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
             outcome("too_large")
             await reply.json(413, {"error": f"body over {limits.max_body_bytes} bytes"})
-            return
-
-        retry_after = (
-            await gw.rate_limited(ns, name, hook, endpoint.namespace)
-            if limits.rate_per_second is not None
-            or (endpoint.namespace is not None
-                and endpoint.namespace.spec.limits.rate_per_second is not None)
-            else None
-        )
-        if retry_after is not None:
-            outcome("rate_limited")
-            await reply.json(429, {"error": "rate limit exceeded"}, retry_after=retry_after)
             return
 
         try:
@@ -130,6 +124,19 @@ class Ingest:
         if answer is not None:  # a handshake the sender expects an answer to
             outcome("challenge")
             await reply.raw(answer)
+            return
+
+        # After verification: unsigned floods must not use up a legitimate sender's limit.
+        retry_after = (
+            await gw.rate_limited(ns, name, hook, endpoint.namespace)
+            if limits.rate_per_second is not None
+            or (endpoint.namespace is not None
+                and endpoint.namespace.spec.limits.rate_per_second is not None)
+            else None
+        )
+        if retry_after is not None:
+            outcome("rate_limited")
+            await reply.json(429, {"error": "rate limit exceeded"}, retry_after=retry_after)
             return
 
         is_json = "json" in headers.get("content-type", "")

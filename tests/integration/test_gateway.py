@@ -271,3 +271,18 @@ async def test_schemes_end_to_end_with_vault_secrets(
     status = (await h.client.get("/status")).json()
     assert status["vault"]["configured"] and status["vault"]["reachable"]
     assert not any(s in json.dumps(status) for s in SCHEME_SECRETS.values())
+
+
+async def test_unsigned_floods_do_not_spend_the_rate_limit(
+    tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    h = await start(tmp_path, [hook("gh", [{"module": "log"}], limits={
+        "rate_per_second": 0.1, "burst": 2})])
+    harnesses.append(h)
+    for _ in range(10):
+        assert (await h.client.post("/webhook/acme/gh", content=b"{}")).status_code == 401
+    assert (await h.post("/webhook/acme/gh", b"{}")).status_code == 200
+    # A GET answers the same for a webhook that exists and one that does not.
+    known = await h.client.get("/webhook/acme/gh")
+    unknown = await h.client.get("/webhook/x/y")
+    assert known.status_code == unknown.status_code == 405 and known.json() == unknown.json()
