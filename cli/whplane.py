@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,6 +79,8 @@ def worker(
     config: Annotated[str | None, typer.Option(help="config URL [env WH_CONFIG]")] = None,
     redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
     gateway_id: Annotated[str | None, typer.Option(help="[env WH_GATEWAY_ID]")] = None,
+    log_json: Annotated[bool | None, typer.Option("--log-json/--log-text",
+                                                  help="[env WH_LOG_JSON]")] = None,
 ) -> None:
     """Deliver queued (async) webhooks without serving HTTP."""
     from data_plane.gateway import Gateway
@@ -86,7 +89,7 @@ def worker(
 
     try:
         settings = GatewaySettings(**_given(config=config, redis_url=redis_url,
-                                            gateway_id=gateway_id))
+                                            gateway_id=gateway_id, log_json=log_json))
     except ValidationError as exc:
         _settings_error(exc)
         return
@@ -97,9 +100,13 @@ def worker(
 
     async def run() -> None:
         gw = Gateway(settings, dict(os.environ))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # finish in-flight work, like the gateway
+            loop.add_signal_handler(sig, stop.set)
         await gw.start()
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await gw.stop()
 

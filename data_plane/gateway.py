@@ -111,6 +111,15 @@ class Gateway:
             "whplane_worker_in_flight": (
                 "Deliveries being attempted",
                 lambda: self.worker.stats.in_flight if self.worker else None),
+        }, counters={
+            "whplane_worker_delivered": ("Async deliveries completed by this process",
+                                         lambda: self._worker_stat("delivered")),
+            "whplane_worker_retried": ("Async delivery retries scheduled",
+                                       lambda: self._worker_stat("retried")),
+            "whplane_worker_dead_lettered": ("Deliveries moved to the dead-letter queue",
+                                             lambda: self._worker_stat("dead_lettered")),
+            "whplane_worker_reclaimed": ("Deliveries taken over from dead consumers",
+                                         lambda: self._worker_stat("reclaimed")),
         })  # fmt: skip
         self._tasks: list[asyncio.Task[Any]] = []
         self.inflight = 0  # webhook requests being handled (bounded by max_concurrent_requests)
@@ -169,6 +178,9 @@ class Gateway:
                 log.debug("probe failed: %s", exc)
                 self._queue_depth = self._dlq_size = None
             await asyncio.sleep(5)
+
+    def _worker_stat(self, name: str) -> float | None:
+        return float(getattr(self.worker.stats, name)) if self.worker is not None else None
 
     def _vault_up(self) -> float | None:
         if self.secrets is None:

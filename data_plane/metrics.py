@@ -12,26 +12,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+Probes = dict[str, tuple[str, Callable[[], float | None]]]
+
+
 class _Probe(Collector):
-    """Gauges computed at scrape time from callables."""
+    """Gauges and counters read at scrape time from callables (state owned elsewhere)."""
 
-    def __init__(self, probes: dict[str, tuple[str, Callable[[], float | None]]]) -> None:
-        self._probes = probes
+    def __init__(self, gauges: Probes, counters: Probes) -> None:
+        self._gauges = gauges
+        self._counters = counters
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        for name, (doc, fn) in self._probes.items():
-            try:
-                value = fn()
-            except Exception:  # a probe must never break the scrape
-                value = None
-            if value is not None:
-                yield GaugeMetricFamily(name, doc, value=value)
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        for family, probes in ((GaugeMetricFamily, self._gauges),
+                               (CounterMetricFamily, self._counters)):
+            for name, (doc, fn) in probes.items():
+                try:
+                    value = fn()
+                except Exception:  # a probe must never break the scrape
+                    value = None
+                if value is not None:
+                    yield family(name, doc, value=value)
 
 
 @dataclass
@@ -40,7 +46,6 @@ class GatewayMetrics:
     requests: Counter
     verify_failures: Counter
     deliveries: Counter
-    retries: Counter
     duration: Histogram
     # Labelled children, looked up once: `labels()` costs more than the increment itself.
     # Bounded: namespaces come from the config ("_unknown" for everything else).
@@ -63,7 +68,7 @@ class GatewayMetrics:
         return child
 
     @classmethod
-    def create(cls, probes: dict[str, tuple[str, Callable[[], float | None]]]) -> GatewayMetrics:
+    def create(cls, gauges: Probes, counters: Probes | None = None) -> GatewayMetrics:
         reg = CollectorRegistry(auto_describe=True)
         m = cls(
             registry=reg,
@@ -79,15 +84,13 @@ class GatewayMetrics:
                 "whplane_deliveries", "Deliveries by namespace, mode and result",
                 ["namespace", "mode", "result"], registry=reg,
             ),
-            retries=Counter("whplane_delivery_retries", "Delivery retries scheduled",
-                            ["namespace"], registry=reg),
             duration=Histogram(
                 "whplane_webhook_duration_seconds", "Time to answer a webhook", ["mode"],
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                 registry=reg,
             ),
         )  # fmt: skip
-        reg.register(_Probe(probes))
+        reg.register(_Probe(gauges, counters or {}))
         return m
 
     def render(self) -> bytes:
