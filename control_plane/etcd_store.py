@@ -35,6 +35,7 @@ from providers.store_keys import (
     HISTORY,
     RESOURCES,
     history_key,
+    meta_key,
     parse_resource_key,
     resource_key,
 )
@@ -49,7 +50,7 @@ class EtcdStore:
         self._conn = EtcdConnection(settings)
         p = settings.prefix
         self._prefix = p
-        self._meta = f"{p}meta/config".encode()
+        self._meta = meta_key(p).encode()
         self._pending = f"{p}meta/pending-history/".encode()
         self._tokens = f"{p}tokens/"
         self._settling: set[asyncio.Task[None]] = set()

@@ -33,7 +33,7 @@ from providers.etcd_conn import (
 )
 from providers.provider import ChangeBatch, ProviderState, ProviderStatus, RawDoc
 from providers.resources import ResourceKey
-from providers.store_keys import RESOURCES, parse_resource_key
+from providers.store_keys import RESOURCES, meta_key, parse_resource_key
 
 log = logging.getLogger(__name__)
 _STREAM_ERRORS = (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, OSError, TimeoutError)
@@ -52,6 +52,8 @@ class EtcdProvider:
         self._conn = EtcdConnection(settings)
         self._prefix = settings.prefix
         self._key = (settings.prefix + RESOURCES).encode()
+        self._meta = meta_key(settings.prefix).encode()
+        self._position = 0  # store revision the last full load was read at
         self._end = prefix_range_end(self._key)
         self._state = ProviderState.CONNECTING
         self._last_error: str | None = None
@@ -82,6 +84,7 @@ class EtcdProvider:
             self._mark_down(exc)
             raise
         self._cluster_id = loaded.cluster_id
+        self._position = loaded.batch.position
         self._mark_up()
         return loaded.batch
 
@@ -91,8 +94,17 @@ class EtcdProvider:
         header, kvs = await range_prefix(client, self._key, self.settings.timeout_s)
         for kv in kvs:
             self._put(kv, puts, errors)
+        # Label the snapshot with the config's own revision (the latest apply, or the newest
+        # resource written directly), not etcd's current one, which heartbeats move: every
+        # gateway with the same config then reports the same revision.
+        meta = await client.kvstub.Range(
+            rpc.RangeRequest(key=self._meta, revision=header.revision, keys_only=True),
+            timeout=self.settings.timeout_s, metadata=client.metadata,
+        )  # fmt: skip
+        config_revision = max([kv.mod_revision for kv in (*kvs, *meta.kvs)], default=0)
         return _Loaded(
-            ChangeBatch(header.revision, puts, full=True, source_errors=tuple(errors)),
+            ChangeBatch(config_revision, puts, full=True, source_errors=tuple(errors),
+                        position=header.revision),
             header.cluster_id,
         )
 
@@ -105,7 +117,7 @@ class EtcdProvider:
     # -- watch ------------------------------------------------------------------------------
 
     async def watch(self, after_revision: int) -> AsyncIterator[ChangeBatch]:
-        last = after_revision
+        last = max(after_revision, self._position)
         attempt = 0
         while not self._closed.is_set():
             try:
@@ -117,7 +129,7 @@ class EtcdProvider:
                 log.warning("etcd cannot resume after revision %d (%s): full reload", last, exc)
                 reloaded = await self._reload_or_none()
                 if reloaded is not None:
-                    last = reloaded.revision
+                    last = reloaded.resume_after
                     yield reloaded
                     continue
             except (ProviderError, *_STREAM_ERRORS) as exc:

@@ -31,6 +31,13 @@ class ChangeBatch:
     full: bool = False
     # Problems of the source itself that no key can carry (an unparsable file, a bad key).
     source_errors: tuple[str, ...] = ()
+    # Where in the store this batch was read, when that differs from `revision`: a full load
+    # is labelled with the config's revision but read at the store's (later) current one.
+    position: int = 0
+
+    @property
+    def resume_after(self) -> int:
+        return max(self.revision, self.position)
 
     def __len__(self) -> int:
         return len(self.puts) + len(self.deletes)

@@ -36,6 +36,11 @@ def parse_resource_key(prefix: str, raw: str) -> ResourceKey:
     return ResourceKey(kind, None if ns == GLOBAL else ns, name)
 
 
+def meta_key(prefix: str) -> str:
+    """Rewritten by every apply: its mod revision is the config revision."""
+    return f"{prefix}meta/config"
+
+
 def history_key(prefix: str, revision: int) -> str:
     # Zero-padded so that a range read returns history in revision order.
     return f"{prefix}{HISTORY}{revision:020d}"

@@ -198,3 +198,17 @@ def test_gateway_registers_in_etcd_under_a_lease(
     while etcd_server.get(key) is not None:
         assert time.monotonic() < deadline, "registration outlived the gateway"
         time.sleep(0.2)
+
+
+def test_gateways_with_the_same_config_report_the_same_revision(
+    etcd_server: EtcdServer, etcd_prefix: str, gateways: list[GatewayProcess]
+) -> None:
+    put(etcd_server, etcd_prefix, hook("gh"))
+    url = f"etcd://{etcd_server.endpoint}{etcd_prefix}"
+    a = GatewayProcess(url, ENV).start()
+    gateways.append(a)
+    time.sleep(1.5)  # a's heartbeats move etcd's own revision meanwhile
+    b = GatewayProcess(url, ENV).start()
+    gateways.append(b)
+    revisions = {int(httpx.get(f"{g.url}/readyz").json()["revision"]) for g in (a, b)}
+    assert len(revisions) == 1, revisions
