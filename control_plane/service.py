@@ -18,6 +18,7 @@ from control_plane.store import Change, Conflict, Doc, Draft, Store, Stored
 from control_plane.tokens import Principal
 from providers.errors import DocumentError, DocumentErrors, Location
 from providers.loader import plaintext_secrets, validate_documents
+from providers.references import EnvRef, refs_in
 from providers.resources import GLOBAL, AnyResource, ResourceKey, Webhook, key_of
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,10 @@ class ControlPlane:
         for d in validated:
             if not principal.can_write(d.key):
                 raise Forbidden(f"{principal.name} may not write {d.key}")
+        if not principal.admin:
+            problems = [p for d in validated for p in tenant_limits(d, str(principal.namespace))]
+            if problems:
+                raise Forbidden("; ".join(problems))
         wanted = {d.key: d.doc for d in validated}
         touched = {d.key: d for d in validated}
 
@@ -286,6 +291,38 @@ class ControlPlane:
         return {"revision": revision, "live": len(rows), "applied": applied,
                 "complete": bool(rows) and applied == len(rows), "gateways": rows,
                 "time": time.time()}
+
+
+def tenant_limits(d: _Doc, namespace: str) -> list[str]:
+    """What a namespace token may not configure, even in its own namespace.
+
+    Gateways resolve references with their own environment and Vault token, and reach out
+    from inside the network: a tenant must not be able to read another tenant's secrets, the
+    gateway's own settings, the local disk, or private addresses through its config.
+    """
+    where = f"{d.location}"
+    problems: list[str] = []
+    for path, refs in refs_in(d.doc).items():
+        for ref in refs:
+            if isinstance(ref, EnvRef):
+                problems.append(f"{where}: {path}: environment references are for the admin")
+            elif not ref.path.startswith(f"{namespace}/"):
+                problems.append(f"{where}: {path}: vault paths of this namespace start with "
+                                f"{namespace}/")
+    spec = d.doc.get("spec", {})
+    if d.key.kind == "Connection":
+        if spec.get("allow_private"):
+            problems.append(f"{where}: spec.allow_private: only the admin may allow private "
+                            "addresses")
+        if spec.get("type") == "redis":
+            problems.append(f"{where}: spec.type: redis connections are for the admin (use a "
+                            "global one)")
+    if isinstance(d.resource, Webhook):
+        for i, step in enumerate(d.resource.spec.chain.steps):
+            if step.module == "file":
+                problems.append(f"{where}: spec.chain.steps[{i}]: the file module is for the "
+                                "admin")
+    return problems
 
 
 def _connection_in(final: Mapping[ResourceKey, Doc], namespace: str | None, name: str) -> bool:

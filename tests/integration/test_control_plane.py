@@ -240,3 +240,23 @@ async def test_history_survives_etcd_compaction(etcd_server: EtcdServer, etcd_pr
         [doc] = await api.items("Webhook")
         assert "limits" not in doc["spec"]
     await store.close()
+
+
+async def test_namespace_tokens_are_sandboxed(api: Api) -> None:
+    await api.apply([ns("acme"), ns("globex")])
+    token = (await api.post("/v1/tokens", {"namespace": "acme"})).json()["token"]
+    ok = hook("fine")
+    ok["spec"]["verify"]["secret"] = "{$vault:acme/gh#secret}"
+    assert (await api.apply([ok], token=token)).status_code == 200
+    theirs = hook("theirs")
+    theirs["spec"]["verify"]["secret"] = "{$vault:globex/gh#secret}"
+    env = hook("env")
+    env["spec"]["verify"]["secret"] = "{$VAULT_TOKEN}"
+    filed = hook("filed", chain={"steps": [{"module": "file", "config": {"path": "/etc/x"}}]})
+    private = conn("inside", "acme")
+    private["spec"]["allow_private"] = True
+    for doc, why in ((theirs, "start with acme/"), (env, "environment references"),
+                     (filed, "file module"), (private, "allow_private")):
+        r = await api.apply([doc], token=token)
+        assert r.status_code == 403 and why in r.text, (why, r.text)
+    assert (await api.apply([theirs, env])).status_code == 200  # the admin may
