@@ -1,0 +1,1 @@
+"""Scenario: see README.md; run with `python -m scenarios.async_dlq`."""
