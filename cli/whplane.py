@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -214,7 +215,8 @@ def dlq_list(
     for e in entries:
         table.add_row(e.id, e.delivery.namespace, e.delivery.webhook, str(e.attempts),
                       e.reason, e.last_error)
-    Console().print(table)
+    # Piped output keeps whole ids (they are copied into `dlq replay`).
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
 
 
 @dlq.command("replay")

@@ -138,7 +138,7 @@ class EtcdProvider:
             if self._closed.is_set():
                 break
             self._reconnects += 1
-            delay = backoff(attempt)
+            delay = backoff(attempt, cap=3.0)  # a config store back up is noticed within 3 s
             attempt += 1
             log.info("reconnecting to etcd in %.2fs (from revision %d)", delay, last + 1)
             try:

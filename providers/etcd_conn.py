@@ -21,6 +21,7 @@ import aetcd.exceptions
 import grpc
 from aetcd import rpc
 
+from providers.backoff import backoff
 from providers.errors import RevisionCompacted, StoreUnavailable
 from providers.store_keys import normalize_prefix
 
@@ -138,7 +139,11 @@ class EtcdConnection:
     async def call(self, fn: Callable[[aetcd.Client], Awaitable[T]]) -> T:
         """Run `fn` against the cluster, trying each endpoint once on connection errors."""
         last: BaseException | None = None
-        for _ in range(len(self.settings.endpoints)):
+        # Every endpoint once, plus a couple of short retries: a member that just came back
+        # refuses the first connection attempts for a moment.
+        for attempt in range(len(self.settings.endpoints) + 2):
+            if attempt >= len(self.settings.endpoints):
+                await asyncio.sleep(backoff(attempt - len(self.settings.endpoints), 0.2, 1.0))
             try:
                 client = await self.client()
                 return await asyncio.wait_for(fn(client), self.settings.timeout_s * 2)

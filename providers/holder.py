@@ -58,6 +58,7 @@ class SecretSource(Protocol):
     async def fetch(self, paths: Iterable[str]) -> None: ...
     def lookup(self, ref: VaultRef) -> str: ...
     async def refresh(self) -> set[str]: ...
+    def retain(self, paths: Iterable[str]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +394,9 @@ class SnapshotHolder:
         """
         if self._secrets is None:
             return 0
+        in_use = {p for p, users in self._path_users.items() if users}
+        in_use |= {p for raw in self._retry.values() for p in _vault_paths(raw)}
+        self._secrets.retain(in_use)
         changed = await self._secrets.refresh()
         snap = self._current
         puts: dict[ResourceKey, RawDoc] = dict(self._retry)
@@ -481,6 +485,14 @@ class SnapshotHolder:
             await asyncio.to_thread(
                 self._last_good.write, snap.revision, list(snap.raw_documents()), self._source
             )
+
+
+def _vault_paths(raw: RawDoc) -> set[str]:
+    doc = json.loads(raw) if isinstance(raw, bytes) else raw
+    try:
+        return {r.path for rs in refs_in(doc).values() for r in rs if isinstance(r, VaultRef)}
+    except ReferenceError_:
+        return set()
 
 
 def _has_connection(entries: Any, namespace: str | None, name: str) -> bool:

@@ -109,6 +109,12 @@ class SecretCache:
             log.info("secrets changed at %d path(s)", len(changed))
         return changed
 
+    def retain(self, paths: Iterable[str]) -> None:
+        """Forget secrets no resource references any more: they are not re-read."""
+        keep = set(paths)
+        for path in [p for p in self._entries if p not in keep]:
+            del self._entries[path]
+
     def due(self) -> bool:
         """True when `ttl_s` has passed since the last refresh (or since creation)."""
         return time.monotonic() - self._refreshed_at >= self._ttl_s
