@@ -422,10 +422,19 @@ async def test_file_appends_json_lines(tmp_path: Path, clients: Clients) -> None
     assert base64.b64decode(by_id[deliveries[-1].id]["body"]) == b"\x00\xff" * 5000
 
 
-async def test_file_in_a_missing_directory_is_a_config_problem(tmp_path: Path,
+async def test_file_in_a_missing_directory_creates_it(tmp_path: Path, clients: Clients) -> None:
+    target = tmp_path / "new" / "dir" / "x.jsonl"
+    await run_step(endpoint([{"module": "file", "config": {"path": str(target)}}]), delivery(),
+                   clients)
+    assert json.loads(target.read_text())["webhook"] == "hook"
+
+
+async def test_file_that_cannot_be_written_is_a_config_problem(tmp_path: Path,
                                                                clients: Clients) -> None:
-    ep = endpoint([{"module": "file", "config": {"path": str(tmp_path / "no" / "x.jsonl")}}])
-    with pytest.raises(DeliveryError, match="FileNotFoundError") as caught:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    ep = endpoint([{"module": "file", "config": {"path": str(blocker / "x.jsonl")}}])
+    with pytest.raises(DeliveryError) as caught:
         await run_step(ep, delivery(), clients)
     assert caught.value.retryable is False
 
