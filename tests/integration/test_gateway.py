@@ -17,10 +17,10 @@ import yaml
 
 from cli.processes import github_signature
 from cli.servers import RedisServer
+from cli.sink import Sink
 from data_plane.app import GatewayApp, create_app
 from data_plane.dlq import DeadLetters
 from data_plane.settings import GatewaySettings
-from tests.sink import Sink
 
 SECRET = "gh-secret"
 

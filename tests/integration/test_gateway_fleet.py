@@ -16,9 +16,9 @@ import pytest
 
 from cli.processes import GatewayProcess, github_signature
 from cli.servers import EtcdServer, RedisServer
+from cli.sink import Sink
 from providers.resources import ResourceKey
 from providers.store_keys import resource_key
-from tests.sink import Sink
 
 SECRET = "fleet-secret"
 ENV = {"GH_SECRET": SECRET}
