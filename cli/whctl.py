@@ -14,12 +14,8 @@ The API client travels in `ctx.obj`. A caller of `app` (tests, end-to-end tests)
 
 from __future__ import annotations
 
-import math
 import os
-import re
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -27,34 +23,32 @@ from typing import Annotated, cast
 
 import httpx
 import typer
-from rich.console import Console
 
-from cli import render
+from cli import render, rollout, tokens
 from cli.client import (
     DEFAULT_SERVER,
     DEFAULT_TIMEOUT,
     ApiClient,
-    ApiError,
-    ApplyAnswer,
     Doc,
-    RolloutStatus,
-    Unreachable,
+)
+from cli.common import (
+    Message,
+    NamespaceOpt,
+    TableOrJson,
+    api_of,
+    err,
+    out,
+    print_answer,
+    server_errors,
 )
 from providers.errors import DocumentError, DocumentErrors, Location
 from providers.loader import iter_files, load_documents, parse_text, plaintext_secrets
 from providers.resources import AnyResource
 
 app = typer.Typer(no_args_is_help=True)
-rollout_app = typer.Typer(help="Follow, list and undo config rollouts.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Namespace tokens (needs the admin token).", no_args_is_help=True)
-app.add_typer(rollout_app, name="rollout")
-app.add_typer(tokens_app, name="tokens")
+app.add_typer(rollout.app, name="rollout")
+app.add_typer(tokens.app, name="tokens")
 
-# Consoles resolve sys.stdout / sys.stderr when they write, so they follow redirections.
-out = Console()
-err = Console(stderr=True)
-
-POLL_INTERVAL_S = 0.5
 
 
 class Kinds(StrEnum):
@@ -75,11 +69,6 @@ class Format(StrEnum):
     json = "json"
 
 
-class TableOrJson(StrEnum):
-    table = "table"
-    json = "json"
-
-
 API_KIND = {"webhook": "Webhook", "connection": "Connection", "namespace": "Namespace",
             "webhooks": "Webhook", "connections": "Connection", "namespaces": "Namespace"}
 
@@ -87,10 +76,6 @@ Files = Annotated[
     list[Path],
     typer.Option("-f", "--file", help="YAML/JSON file or directory of them; repeat for more"),
 ]
-Message = Annotated[str, typer.Option("-m", "--message", help="why; kept in the history")]
-NamespaceOpt = Annotated[str | None, typer.Option("-n", "--namespace", help="namespace")]
-
-
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -132,26 +117,6 @@ def _read_token(path: Path) -> str:
         render.print_errors(err, f"the token file {path} is empty")
         raise typer.Exit(2)
     return token
-
-
-def _api(ctx: typer.Context) -> ApiClient:
-    api = ctx.find_object(ApiClient)
-    if api is None:  # only when a command is invoked without the root callback
-        raise RuntimeError("no ApiClient in the context")
-    return api
-
-
-@contextmanager
-def _server_errors(exit_code: int = 1) -> Iterator[None]:
-    """Print a failed call as `error: ...`; exit `exit_code` on a refusal, 2 when unreachable."""
-    try:
-        yield
-    except Unreachable as exc:
-        render.print_errors(err, str(exc))
-        raise typer.Exit(2) from None
-    except ApiError as exc:
-        render.print_api_error(err, exc)
-        raise typer.Exit(exit_code) from None
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -261,12 +226,12 @@ def apply(
     """
     loaded = _load(files, exit_code=1)
     _require_resources(loaded, files, 1)
-    with _server_errors(exit_code=1):
-        answer = _api(ctx).apply(
+    with server_errors(exit_code=1):
+        answer = api_of(ctx).apply(
             loaded.docs, sources=loaded.sources, dry_run=dry_run, prune=prune,
             expected_revision=expected_revision, message=message,
         )
-    _print_answer(answer, output)
+    print_answer(answer, output)
 
 
 @app.command()
@@ -281,8 +246,8 @@ def diff(
     """
     loaded = _load(files, exit_code=2)
     _require_resources(loaded, files, 2)
-    with _server_errors(exit_code=2):
-        answer = _api(ctx).diff(loaded.docs, prune=prune)
+    with server_errors(exit_code=2):
+        answer = api_of(ctx).diff(loaded.docs, prune=prune)
     changed = [c for c in answer.get("changes", []) if c.get("op") != "unchanged"]
     for change in changed:
         lines = render.unified_diff(change, answer.get("revision", 0))
@@ -315,8 +280,8 @@ def get(
         raise typer.BadParameter("give -n NS or -A, not both", param_hint="'-n' / '-A'")
     if kind == "Namespace" and namespace:
         raise typer.BadParameter("namespaces are global: drop -n", param_hint="'-n'")
-    api = _api(ctx)
-    with _server_errors():
+    api = api_of(ctx)
+    with server_errors():
         if name is not None and (namespace or kind == "Namespace"):
             docs = [api.get_resource(kind, namespace, name)]
         else:
@@ -355,9 +320,9 @@ def delete(
         raise typer.BadParameter("a webhook lives in a namespace: give -n NS", param_hint="'-n'")
     if api_kind == "Namespace" and namespace:
         raise typer.BadParameter("namespaces are global: drop -n", param_hint="'-n'")
-    with _server_errors():
-        answer = _api(ctx).delete_resource(api_kind, namespace, name, message=message)
-    _print_answer(answer, TableOrJson.table)
+    with server_errors():
+        answer = api_of(ctx).delete_resource(api_kind, namespace, name, message=message)
+    print_answer(answer, TableOrJson.table)
 
 
 @app.command()
@@ -369,136 +334,14 @@ def gateways(
 
     Exit 0 listed; 1 refused; 2 control plane unreachable.
     """
-    with _server_errors():
-        items = _api(ctx).gateways()
+    with server_errors():
+        items = api_of(ctx).gateways()
     if output is TableOrJson.json:
         render.plain(out, render.to_json(items))
     elif items:
         render.print_table(out, render.gateways_table(items))
     else:
         err.print("no gateways registered", markup=False, highlight=False)
-
-
-@rollout_app.command("status")
-def rollout_status(
-    ctx: typer.Context,
-    revision: Annotated[
-        int | None, typer.Option(help="revision to wait for; default: the latest")
-    ] = None,
-    timeout: Annotated[
-        str, typer.Option(help="how long to wait: 30s, 2m, 500ms, 1m30s or seconds")
-    ] = "30s",
-) -> None:
-    """Wait until every live gateway applied the revision; progress goes to stderr.
-
-    Prints the gateways' table at the end.
-    Exit 0 complete; 1 timed out (naming the lagging gateways) or refused; 2 unreachable.
-    """
-    try:
-        seconds = parse_duration(timeout)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'--timeout'") from None
-    api = _api(ctx)
-    deadline = time.monotonic() + seconds
-    with _server_errors(), err.status("asking the control plane") as spinner:
-        status = api.rollout_status(revision)
-        while not status["complete"]:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            spinner.update(f"{_progress(status)}; {remaining:.0f}s left")
-            time.sleep(min(POLL_INTERVAL_S, remaining))
-            # Pinned to the first answer's revision: a later apply must not move the target.
-            status = api.rollout_status(status["revision"])
-    render.print_table(out, render.rollout_table(status))
-    if status["complete"]:
-        err.print(_progress(status), markup=False, highlight=False)
-        return
-    lagging = [
-        f"{gw['id']} is at revision {gw['revision'] if gw['revision'] is not None else '-'}"
-        for gw in status["gateways"] if not gw["applied"]
-    ]
-    render.print_errors(err, f"timed out after {seconds:g}s: {_progress(status)}", lagging)
-    raise typer.Exit(1)
-
-
-def _progress(status: RolloutStatus) -> str:
-    return (f"revision {status['revision']}: applied by {status['applied']}/{status['live']} "
-            "live gateway(s)")
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in `30s`, `2m`, `500ms`, `1h`, `1m30s` or plain (fractional) seconds."""
-    value = text.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds, pos = 0.0, 0
-        for match in _DURATION_PART.finditer(value):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNIT_S[match.group(2)]
-            pos = match.end()
-        if pos == 0 or pos != len(value):
-            raise ValueError(f"{text!r} is not a duration such as 30s, 2m or 500ms") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{text!r} is not a duration such as 30s, 2m or 500ms")
-    return seconds
-
-
-@rollout_app.command("history")
-def rollout_history(
-    ctx: typer.Context,
-    namespace: NamespaceOpt = None,
-    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
-) -> None:
-    """List past revisions with their changes. Exit 0; 1 refused; 2 unreachable."""
-    with _server_errors():
-        items = _api(ctx).history(namespace, limit=limit)
-    if items:
-        render.print_table(out, render.history_table(items))
-    else:
-        err.print("no history", markup=False, highlight=False)
-
-
-@rollout_app.command("undo")
-def rollout_undo(
-    ctx: typer.Context,
-    namespace: Annotated[str, typer.Option("-n", "--namespace", help="namespace to roll back")],
-    to_revision: Annotated[
-        int | None, typer.Option(help="restore the namespace as of this revision; "
-                                 "default: undo its latest change")
-    ] = None,
-    message: Message = "",
-) -> None:
-    """Roll a namespace back (a new revision). Exit 0; 1 refused; 2 unreachable."""
-    with _server_errors():
-        answer = _api(ctx).rollback(namespace, to_revision=to_revision, message=message)
-    _print_answer(answer, TableOrJson.table)
-
-
-@tokens_app.command("create")
-def tokens_create(
-    ctx: typer.Context,
-    namespace: Annotated[str, typer.Option("--namespace", "-n", help="namespace it may use")],
-) -> None:
-    """Create a namespace token and print it alone on stdout. Exit 0; 1 refused; 2 unreachable."""
-    with _server_errors():
-        answer = _api(ctx).create_token(namespace)
-    render.plain(out, answer["token"])
-    err.print(f"token for namespace {answer.get('namespace', namespace)} created; it is not "
-              "shown again", markup=False, highlight=False)
-
-
-def _print_answer(answer: ApplyAnswer, output: TableOrJson) -> None:
-    if output is TableOrJson.json:
-        render.plain(out, render.to_json(answer))
-    else:
-        render.plain(out, "\n".join(render.apply_lines(answer)))
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ from typer.testing import CliRunner, Result
 
 from cli import render
 from cli.client import ApiClient
-from cli.whctl import app, parse_duration
+from cli.rollout import parse_duration
+from cli.whctl import app
 from providers.loader import load_paths
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -391,7 +392,7 @@ def rollout(revision: int, *applied: tuple[str, int | None]) -> dict[str, Any]:
 def test_rollout_status_waits_for_the_first_answers_revision(
     cp: FakeControlPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("cli.whctl.POLL_INTERVAL_S", 0.01)
+    monkeypatch.setattr("cli.rollout.POLL_INTERVAL_S", 0.01)
     answers = iter([rollout(5, ("gw-a", 5), ("gw-b", 4)), rollout(5, ("gw-a", 5), ("gw-b", 5))])
     cp.routes["GET", "/v1/rollout/status"] = lambda _: httpx.Response(200, json=next(answers))
     result = run(cp, "rollout", "status")
