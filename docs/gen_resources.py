@@ -280,11 +280,11 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
         if current != text:
-            print(f"{OUTPUT} is out of date: run python docs/gen_resources.py", file=sys.stderr)
+            sys.stderr.write(f"{OUTPUT} is out of date: run python docs/gen_resources.py\n")
             return 1
         return 0
     OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT}")
+    sys.stdout.write(f"wrote {OUTPUT}\n")
     return 0
 
 
