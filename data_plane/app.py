@@ -81,8 +81,8 @@ def create_app(settings: GatewaySettings, env: Mapping[str, str] | None = None) 
 def app_from_env() -> GatewayApp:
     """Factory for `uvicorn --factory` (several worker processes): settings from `WH_*`."""
     settings = GatewaySettings()
-    if settings.workers > 1:
-        # Each process registers and consumes on its own: an id shared by all would collide.
+    if settings.workers > 1 and "gateway_id" in settings.model_fields_set:
+        # Each process registers and consumes on its own: an id given to all would collide.
         settings = settings.model_copy(
             update={"gateway_id": f"{settings.gateway_id}-{os.getpid()}"})
     return create_app(settings)
