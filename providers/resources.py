@@ -42,6 +42,11 @@ class Metadata:
     generation: int | None = Field(
         default=None, ge=1, description="set by the control plane; ignored on input"
     )
+    sandbox: bool = Field(
+        default=False,
+        description="set by the control plane: true when a namespace token wrote the resource, "
+        "which gateways then hold to the tenant rules; ignored on input",
+    )
 
 
 # --- Namespace ---------------------------------------------------------------------------
