@@ -131,7 +131,8 @@ class Renderer:
                 return f"map of string to {self._type(extra)}"
             return "object"
         if kind in ("string", "integer", "number", "boolean"):
-            return f"{kind}{self._bounds(node)}"
+            refs = " (takes references)" if node.get("x-whplane-references") else ""
+            return f"{kind}{self._bounds(node)}{refs}"
         if self.union(node):
             return "object"
         raise ValueError(f"cannot render the type of {node!r}")

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from immutables import Map
+from pydantic import ValidationError
 
+from providers import reference_fields, sandbox
 from providers.backoff import backoff
 from providers.errors import (
     DocumentErrors,
@@ -32,16 +34,7 @@ from providers.errors import (
 from providers.last_good import LastGood
 from providers.loader import RESOURCE_ADAPTER, validate_document
 from providers.provider import ChangeBatch, ConfigProvider, RawDoc
-from providers.references import (
-    Ref,
-    VaultRef,
-    env_resolver,
-    iter_strings,
-    refs_in,
-    refs_in_json,
-    substitute,
-    substitute_json,
-)
+from providers.references import VaultRef, env_resolver, parse, refs_in
 from providers.resources import AnyResource, ResourceKey, Webhook, key_of
 from providers.snapshot import Entry, Snapshot
 
@@ -65,10 +58,8 @@ class SecretSource(Protocol):
 class _Prepared:
     key: ResourceKey
     raw: RawDoc
-    # When the document holds references: its JSON text (the fast path for bytes from a
-    # store), or the parsed document (mappings from files, and the slow path).
-    text: str | None
-    doc: Mapping[str, Any] | None
+    resource: AnyResource  # as written: references not resolved
+    has_refs: bool
     vault_paths: frozenset[str]
     revision: int
 
@@ -184,30 +175,51 @@ class SnapshotHolder:
         return await self._publish(snapshot)
 
     def _prepare(self, key: ResourceKey, raw: RawDoc, revision: int) -> _Prepared:
-        text: str | None = None
-        doc: Mapping[str, Any] | None = None
-        refs: list[Ref] | None = None
+        """Validate the document as written and hold it to the rules, before any secret is read.
+
+        References are resolved later, and only in the fields that take them (see
+        `providers/reference_fields.py`): never by substituting text across the document.
+        """
+        resource = self._validate_written(key, raw)
+        doc: Mapping[str, Any] | None = raw if isinstance(raw, Mapping) else None
+        sites = list(reference_fields.sites(resource))
         if isinstance(raw, bytes):
-            if b"{$" not in raw and b"<$vault:" not in raw:
-                return _Prepared(key, raw, None, None, _NO_PATHS, revision)
+            in_sites = sum(reference_fields.count_in_text(t) for _, t in sites)
+            # Every reference opener in the text sits in a field that takes references: the
+            # common case, decided without parsing. Otherwise look closer.
+            if reference_fields.count_in_text(raw.decode("utf-8", "replace")) != in_sites:
+                doc = self._parse_bytes(raw)
+        if doc is not None:
+            misplaced = sandbox.problems(doc, resource)
+            if misplaced:
+                raise _Failed("; ".join(map(str, misplaced)))
+        if resource.metadata.sandbox and key.namespace is not None:
+            if doc is None:
+                doc = self._parse_bytes(raw)  # type: ignore[arg-type]
+            refused = sandbox.tenant_problems(doc, key.namespace)
+            if refused:
+                raise _Failed("refused by the tenant rules: " + "; ".join(map(str, refused)))
+        paths: set[str] = set()
+        for path, text in sites:
             try:
-                text = raw.decode()
-                refs = refs_in_json(text)
-            except UnicodeDecodeError:
-                text = None
-            if refs is None:
-                text, doc = None, self._parse_bytes(raw)
-        elif any(True for _ in iter_strings(raw)):
-            doc = raw
-        else:
-            return _Prepared(key, raw, None, None, _NO_PATHS, revision)
-        if refs is None:
-            try:
-                refs = [r for rs in refs_in(doc).values() for r in rs]
+                paths.update(r.path for r in parse(text).refs if isinstance(r, VaultRef))
             except ReferenceError_ as exc:
-                raise _Failed(str(exc)) from None
-        paths = frozenset(r.path for r in refs if isinstance(r, VaultRef))
-        return _Prepared(key, raw, text, doc, paths or _NO_PATHS, revision)
+                raise _Failed(f"{path}: {exc}") from None
+        return _Prepared(key, raw, resource, bool(sites), frozenset(paths) or _NO_PATHS,
+                         revision)
+
+    def _validate_written(self, key: ResourceKey, raw: RawDoc) -> AnyResource:
+        location = Location(str(key))
+        try:
+            if isinstance(raw, bytes):
+                try:
+                    return RESOURCE_ADAPTER.validate_json(raw)
+                except ValueError:
+                    # Slow path only for invalid values: re-parse for a precise message.
+                    return validate_document(self._parse_bytes(raw), location)
+            return validate_document(raw, location)
+        except DocumentErrors as exc:
+            raise _Failed(_messages(exc)) from None
 
     @staticmethod
     def _parse_bytes(raw: bytes) -> Mapping[str, Any]:
@@ -225,44 +237,23 @@ class SnapshotHolder:
             await self._secrets.fetch(paths)
 
     def _validate(self, p: _Prepared, memo: dict[str, str]) -> AnyResource:
-        location = Location(str(p.key))
+        if not p.has_refs:
+            return p.resource
+
+        def render(text: str) -> str:
+            value = memo.get(text)
+            if value is None:
+                value = memo[text] = parse(text).render(self._resolve)
+            return value
+
         try:
-            if p.text is not None:
-                resolved: Any = substitute_json(p.text, self._resolve, memo)
-                try:
-                    return RESOURCE_ADAPTER.validate_json(resolved)
-                except ValueError:
-                    resolved = json.loads(resolved)
-            elif p.doc is not None:
-                resolved = substitute(p.doc, self._resolve)
-                try:
-                    return RESOURCE_ADAPTER.validate_python(resolved)
-                except ValueError:
-                    pass
-            elif isinstance(p.raw, bytes):
-                try:
-                    return RESOURCE_ADAPTER.validate_json(p.raw)
-                except ValueError:
-                    # Slow path only for invalid values: re-parse for a precise message.
-                    return validate_document(self._parse_bytes(p.raw), location)
-            else:
-                return validate_document(p.raw, location)
-        except DocumentErrors as exc:
-            raise _Failed(_messages(exc)) from None
+            return reference_fields.resolve(p.resource, render)  # type: ignore[no-any-return]
         except ReferenceError_ as exc:
             raise _Failed(str(exc), retryable=bool(p.vault_paths)) from None
-        # Invalid with references resolved. Report the document as written first: those
-        # messages can never echo a resolved secret.
-        doc = p.doc if p.doc is not None else self._parse_bytes(p.raw)  # type: ignore[arg-type]
-        try:
-            validate_document(doc, location)
-        except DocumentErrors as exc:
-            raise _Failed(_messages(exc)) from None
-        try:
-            validate_document(resolved, location)
-        except DocumentErrors as exc:
-            raise _Failed(_messages(exc) + " (after resolving references)") from None
-        raise _Failed("invalid after resolving references")
+        except ValidationError as exc:
+            # Name the fields, never the values: they hold resolved secrets.
+            fields = ", ".join(".".join(map(str, e["loc"])) or "value" for e in exc.errors())
+            raise _Failed(f"invalid after resolving references: {fields}") from None
 
     def _build(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from providers import sandbox
 from providers.errors import DocumentError, DocumentErrors, Location, ReferenceError_
 from providers.references import has_refs, refs_in
 from providers.resources import KINDS, AnyResource, Resource, ResourceKey, key_of, secret_fields
@@ -21,7 +22,64 @@ from providers.resources import KINDS, AnyResource, Resource, ResourceKey, key_o
 RESOURCE_ADAPTER: TypeAdapter[AnyResource] = TypeAdapter(Resource)
 SUFFIXES = (".yaml", ".yml", ".json")
 
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Values a text may expand to, aliases counted as often as they are used: `a: &a [x, x]`,
+# `b: &b [*a, *a]`, ... ("billion laughs") is a few lines that expand to billions.
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader, refusing duplicate keys: which one wins should not be left to order."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class names that error
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def loads_json(text: str | bytes) -> Any:
+    """`json.loads`, refusing duplicate keys, NaN and Infinity (not JSON, whatever Python says)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_not_json)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _expanded_size(doc: object, limit: int) -> int:
+    """How many values `doc` holds with shared (aliased) parts counted each time they appear."""
+    sizes: dict[int, int] = {}
+
+    def size(node: object) -> int:
+        if isinstance(node, dict | list):
+            known = sizes.get(id(node))
+            if known is not None:
+                return known
+            sizes[id(node)] = limit + 1  # a cycle (`&a [*a]`) counts as too big
+            children = node.items() if isinstance(node, dict) else enumerate(node)
+            total = 1 + sum(size(v) for _, v in children)
+            sizes[id(node)] = total = min(total, limit + 1)
+            return total
+        return 1
+
+    return size(doc)
 
 
 def field_path(doc: object, loc: Iterable[int | str]) -> str:
@@ -99,11 +157,12 @@ def parse_text(text: str, source: str) -> list[tuple[Location, object]]:
 
     A JSON array or a `{"resources": [...]}` object is accepted as a list of documents.
     """
+    json_text = source.endswith(".json")
     try:
-        if source.endswith(".json"):
-            docs = _unwrap([json.loads(text)])
+        if json_text:
+            docs = _unwrap([loads_json(text)])
         else:
-            docs = _unwrap([d for d in yaml.load_all(text, Loader=_SafeLoader) if d is not None])
+            docs = _unwrap([d for d in yaml.load_all(text, Loader=_Loader) if d is not None])
     except json.JSONDecodeError as exc:
         raise DocumentErrors(
             [DocumentError(source, "", f"invalid JSON at line {exc.lineno}: {exc.msg}")]
@@ -114,6 +173,17 @@ def parse_text(text: str, source: str) -> list[tuple[Location, object]]:
         problem = getattr(exc, "problem", None) or str(exc)
         error = DocumentError(source, "", f"invalid YAML{where}: {problem}")
         raise DocumentErrors([error]) from None
+    except (ValueError, RecursionError) as exc:
+        # Duplicate keys, NaN, a number of thousands of digits, nesting beyond Python's stack.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        if "integer string conversion" in reason:
+            reason = "a number with more digits than any field takes"
+        error = DocumentError(source, "", f"invalid {'JSON' if json_text else 'YAML'}: {reason}")
+        raise DocumentErrors([error]) from None
+    if _expanded_size(docs, MAX_EXPANDED_VALUES) > MAX_EXPANDED_VALUES:
+        raise DocumentErrors([DocumentError(
+            source, "", f"expands to more than {MAX_EXPANDED_VALUES:,} values (YAML aliases "
+            "used over and over?)")])  # fmt: skip
     return [(Location(source, i), d) for i, d in enumerate(docs)]
 
 
@@ -152,8 +222,9 @@ def validate_documents(
 ) -> list[tuple[Location, AnyResource]]:
     """Validate parsed documents; raise DocumentErrors listing every problem of every one.
 
-    Beyond the schema: reference syntax, and duplicates (two documents with the same kind,
-    namespace and name: which one wins would otherwise depend on their order).
+    Beyond the schema: reference syntax and placement (`providers/sandbox.py`), and duplicates
+    (two documents with the same kind, namespace and name: which one wins would otherwise
+    depend on their order).
     """
     errors: list[DocumentError] = []
     out: list[tuple[Location, AnyResource]] = []
@@ -175,6 +246,10 @@ def validate_documents(
         except ReferenceError_ as exc:
             path, _, reason = str(exc).partition(": ")
             errors.append(DocumentError(location, path, reason))
+            continue
+        misplaced = sandbox.problems(doc, resource)  # type: ignore[arg-type]
+        if misplaced:
+            errors.extend(DocumentError(location, p.path, p.reason) for p in misplaced)
             continue
         out.append((location, resource))
     if errors:

@@ -18,7 +18,8 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 NAME_RE = re.compile(NAME_PATTERN)
 
 
-MODEL_CONFIG = ConfigDict(extra="forbid", populate_by_name=True)
+# Not a number and infinity are not numbers a limit or a delay can be: JSON cannot even store them.
+MODEL_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 T = TypeVar("T")
 
 
@@ -56,8 +57,23 @@ def _non_empty(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
+class _Referable:
+    """Type metadata: this string may hold references (`{$VAR}`, `{$vault:PATH#FIELD}`).
+
+    Only fields so marked are resolved at the gateway; a reference anywhere else (another
+    field, a mapping key, a payload schema) is an error. See `providers/reference_fields.py`.
+    """
+
+    def __repr__(self) -> str:
+        return "REFERABLE"
+
+
+REFERABLE = _Referable()
+Referable = Annotated[str, REFERABLE, Field(json_schema_extra={"x-whplane-references": True})]
+
 Secrets = Annotated[
     tuple[str, ...],
+    REFERABLE,
     BeforeValidator(_as_tuple),
     AfterValidator(_non_empty),
     # What an operator may write: one string or a list (the model normalises to a tuple).
@@ -68,6 +84,7 @@ Secrets = Annotated[
         ],
         "description": "a secret reference, or a list of them (all are accepted, for rotation)",
         "x-whplane-secret": True,
+        "x-whplane-references": True,
     }),
 ]
 

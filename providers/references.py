@@ -12,7 +12,6 @@ exactly as they are: nothing is trimmed, escaped or "sanitised".
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -76,7 +75,13 @@ def _parse_one(body: str, opener: str) -> Ref:
             raise ReferenceError_(f"vault reference {spec!r} needs '#FIELD' after the path")
         field, has_default, default = rest.partition(":")
         if not _VAULT_PATH.fullmatch(path):
-            raise ReferenceError_(f"invalid vault path {path!r} in reference")
+            raise ReferenceError_(
+                f"invalid vault path {path!r} in reference: use segments of letters, digits "
+                "and '_.@-' separated by single '/'"
+            )
+        if any(seg in (".", "..") for seg in path.split("/")):
+            # Vault collapses them: `alpha/../beta` would read beta's secret.
+            raise ReferenceError_(f"invalid vault path {path!r}: '.' and '..' segments")
         if not _VAULT_FIELD.fullmatch(field):
             raise ReferenceError_(f"invalid vault field {field!r} in reference to {path!r}")
         return VaultRef(path, field, default if has_default else None)
@@ -118,50 +123,6 @@ def parse(text: str) -> Template:
     return Template(tuple(parts))
 
 
-# A reference inside JSON text. References never hold quotes or backslashes (names and paths
-# cannot, and a default that does is not matched), so a match never crosses a JSON string.
-_REF_IN_JSON = re.compile(r'\{\$[^}"\\]*\}|<\$vault:[^>"\\]*>')
-
-
-def refs_in_json(text: str) -> list[Ref] | None:
-    """References in a JSON document's text, or None when only a full parse can tell.
-
-    Much cheaper than parsing the JSON and walking it; None sends the caller down the slow path
-    (`refs_in` on the parsed document), which also names the field of a malformed reference.
-    """
-    found = _REF_IN_JSON.findall(text)
-    if len(found) != text.count("{$") + text.count("<$vault:"):
-        return None
-    try:
-        return [r for m in found for r in parse(m).refs]
-    except ReferenceError_:
-        return None
-
-
-def substitute_json(
-    text: str, resolve: Callable[[Ref], str], memo: dict[str, str] | None = None
-) -> str:
-    """`text` (a JSON document) with every reference replaced by its JSON-escaped value.
-
-    `memo` caches replacements across documents resolved together (one snapshot build): the
-    same reference strings recur in thousands of them.
-    """
-    cache: dict[str, str] = {} if memo is None else memo
-
-    def one(m: re.Match[str]) -> str:
-        found = m.group()
-        value = cache.get(found)
-        if value is None:
-            value = "".join(
-                p if isinstance(p, str) else json.dumps(resolve(p), ensure_ascii=False)[1:-1]
-                for p in parse(found).parts
-            )
-            cache[found] = value
-        return value
-
-    return _REF_IN_JSON.sub(one, text)
-
-
 def iter_strings(obj: Any, path: str = "") -> Iterator[tuple[str, str]]:
     """(field path, value) of every string with a reference in a JSON-like value."""
     if isinstance(obj, str):
@@ -184,29 +145,6 @@ def refs_in(obj: Any) -> dict[str, tuple[Ref, ...]]:
         except ReferenceError_ as exc:
             raise ReferenceError_(f"{path}: {exc}") from None
     return out
-
-
-def substitute(obj: Any, resolve: Callable[[Ref], str], path: str = "") -> Any:
-    """A copy of `obj` with every reference replaced; unchanged subtrees are shared, not copied."""
-    if isinstance(obj, str):
-        if not has_refs(obj):
-            return obj
-        try:
-            return parse(obj).render(resolve)
-        except ReferenceError_ as exc:
-            raise ReferenceError_(f"{path}: {exc}") from None
-    if isinstance(obj, Mapping):
-        changed = False
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            nv = substitute(v, resolve, f"{path}.{k}" if path else str(k))
-            changed |= nv is not v
-            out[k] = nv
-        return out if changed else obj
-    if isinstance(obj, list | tuple):
-        items = [substitute(v, resolve, f"{path}[{i}]") for i, v in enumerate(obj)]
-        return items if any(a is not b for a, b in zip(items, obj, strict=True)) else obj
-    return obj
 
 
 def env_resolver(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from providers.model import Name, Seconds, model, shared
+from providers.model import Name, Referable, Seconds, model, shared
+from providers.payload_schema import check as check_payload_schema
 from providers.step_spec import Step
 from providers.verify_spec import Verify
 
@@ -84,11 +85,11 @@ class Namespace:
 @model
 class HttpConnectionSpec:
     type: Literal["http"]
-    url: str = Field(
+    url: Referable = Field(
         pattern=r"^(https?://|\{\$|<\$vault:)",
         description="http:// or https:// base URL (or a reference resolving to one)",
     )
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, Referable] = Field(default_factory=dict)
     timeout_s: Seconds = 10
     verify_tls: bool = True
     allow_private: bool = Field(
@@ -104,12 +105,12 @@ class HttpConnectionSpec:
 @model
 class RedisConnectionSpec:
     type: Literal["redis"]
-    url: str = Field(
+    url: Referable = Field(
         pattern=r"^(redis://|rediss://|unix://|\{\$|<\$vault:)",
         description="redis://, rediss:// or unix:// URL (or a reference resolving to one)",
     )
-    username: str | None = None
-    password: str | None = None
+    username: Referable | None = None
+    password: Referable | None = None
     timeout_s: Seconds = 5
 
     def secret_fields(self) -> dict[str, str]:
@@ -177,8 +178,12 @@ class WebhookSpec:
     limits: WebhookLimits = shared(WebhookLimits())
     delivery: Delivery = shared(Delivery())
     chain: Chain
-    payload_schema: dict[str, Any] | None = Field(
-        default=None, description="JSON Schema the payload must match (JSON bodies only)"
+    payload_schema: Annotated[dict[str, Any], AfterValidator(check_payload_schema)] | None = (
+        Field(
+            default=None,
+            description="JSON Schema the payload must match (JSON bodies only): local $refs "
+            "only, RE2 patterns (no backreferences or lookaround)",
+        )
     )
 
     def connections(self) -> tuple[str, ...]:

@@ -23,6 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from providers import reference_fields
+from providers.errors import ReferenceError_
+from providers.references import EnvRef, iter_strings, parse
+
 SANDBOX_FIELD = "sandbox"  # metadata field: true when a namespace token wrote the resource
 
 
@@ -35,14 +39,80 @@ class Problem:
         return f"{self.path}: {self.reason}"
 
 
-def problems(doc: Mapping[str, Any]) -> list[Problem]:
-    """What no document may hold, whoever wrote it."""
-    raise NotImplementedError
+def problems(doc: Mapping[str, Any], resource: Any) -> list[Problem]:
+    """What no document may hold, whoever wrote it, beyond what its model checks.
+
+    `resource` is `doc` validated (references unresolved). The model itself refuses the rest
+    of the rules for everyone: HTTP step paths, Redis names, payload schemas.
+    """
+    allowed = {path for path, _ in reference_fields.sites(resource)}
+    return [
+        Problem(path, "references are not allowed here: only fields that take a reference "
+                "(secrets, URLs, header values, file paths) are resolved")
+        for path in reference_fields.misplaced(doc, allowed)
+    ]  # fmt: skip
 
 
 def tenant_problems(doc: Mapping[str, Any], namespace: str) -> list[Problem]:
-    """What a document written by namespace `namespace`'s token may not hold."""
-    raise NotImplementedError
+    """What a document written by namespace `namespace`'s token may not hold.
+
+    Gateways resolve references with their own environment and Vault token, and reach out from
+    inside the network: a tenant must not read another tenant's secrets or the gateway's own
+    settings, reach private addresses, write the gateways' disks, or write Redis data outside
+    its own names, through its config. `doc` is assumed valid (see `problems`).
+    """
+    out: list[Problem] = []
+    meta = doc.get("metadata") or {}
+    kind = doc.get("kind")
+    if kind == "Namespace":
+        out.append(Problem("kind", "Namespaces are written by the admin"))
+    elif meta.get("namespace") != namespace:
+        out.append(Problem("metadata.namespace", f"must be {namespace!r}"))
+    for path, text in iter_strings(doc):
+        try:
+            refs = parse(text).refs
+        except ReferenceError_:
+            continue  # a malformed reference is refused as invalid, for everyone
+        for ref in refs:
+            if isinstance(ref, EnvRef):
+                out.append(Problem(path, f"{ref}: environment references read the gateway's "
+                                         "environment and are for the admin"))
+            elif not ref.path.startswith(f"{namespace}/"):
+                out.append(Problem(path, f"{ref}: vault paths of namespace {namespace!r} start "
+                                         f"with '{namespace}/'"))
+    spec = doc.get("spec") or {}
+    if kind == "Connection":
+        if spec.get("allow_private"):
+            out.append(Problem("spec.allow_private",
+                               "only the admin may allow private addresses"))
+        if spec.get("type") == "redis":
+            out.append(Problem("spec.type", "Redis connections are for the admin (use a "
+                                            "global one)"))
+    if kind == "Webhook":
+        steps = (spec.get("chain") or {}).get("steps") or []
+        for i, step in enumerate(steps):
+            if not isinstance(step, Mapping):
+                continue
+            where = f"spec.chain.steps[{i}]"
+            module = step.get("module")
+            config = step.get("config") or {}
+            if module == "file":
+                out.append(Problem(where, "the file module writes the gateways' disks and is "
+                                          "for the admin"))
+            for field in _NAMED_BY_STEP.get(str(module), ()):
+                name = config.get(field)
+                if isinstance(name, str) and not name.startswith(f"{namespace}:"):
+                    out.append(Problem(f"{where}.config.{field}",
+                                       f"names of namespace {namespace!r} start with "
+                                       f"'{namespace}:'"))
+    return out
+
+
+# Step config fields naming shared data (Redis streams, channels): confined per namespace.
+_NAMED_BY_STEP: dict[str, tuple[str, ...]] = {
+    "redis_stream": ("stream",),
+    "redis_publish": ("channel",),
+}
 
 
 def stamp(doc: Mapping[str, Any], sandboxed: bool) -> dict[str, Any]:

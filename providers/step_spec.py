@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from providers.model import Name, Seconds, model, shared
+from providers.model import Name, Referable, Seconds, model, shared
 
 
 @model
@@ -21,11 +22,47 @@ class LogStep:
     config: LogConfig = shared(LogConfig())
 
 
+# RFC 3986 path characters; the query (after '?') may also hold '/' and '?'.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+_QUERY_CHARS = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
+_ENCODED_DOT_OR_SEPARATOR = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+# Keys of the gateways' own Redis data (queue, dead letters, limits): see data_plane/redis_keys.py.
+INTERNAL_KEY_PREFIX = "whplane:"
+
+
+def _url_path(value: str) -> str:
+    """A path below the connection's URL: it can never change the host, port or credentials."""
+    if not value:
+        return value
+    path, _, query = value.partition("?")
+    if not path.startswith("/"):
+        raise ValueError("must start with '/' (it is appended to the connection's URL)")
+    if not _PATH_CHARS.fullmatch(path) or not _QUERY_CHARS.fullmatch(query):
+        raise ValueError("may hold only URL path characters (no spaces, '\\', '#' or controls)")
+    if "//" in path:
+        raise ValueError("must not hold empty segments ('//')")
+    if any(seg in (".", "..") for seg in path.split("/")):
+        raise ValueError("must not hold '.' or '..' segments")
+    if _ENCODED_DOT_OR_SEPARATOR.search(path):
+        raise ValueError("must not hold encoded dots or separators (%2e, %2f, %5c)")
+    return value
+
+
+def _own_key(value: str) -> str:
+    if value.lower().startswith(INTERNAL_KEY_PREFIX):
+        raise ValueError(f"names starting with {INTERNAL_KEY_PREFIX!r} are the gateways' own")
+    return value
+
+
+UrlPath = Annotated[str, AfterValidator(_url_path)]
+RedisName = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_own_key)]
+
+
 @model
 class HttpConfig:
     method: Literal["POST", "PUT", "PATCH"] = "POST"
-    path: str = Field(default="", description="appended to the connection's URL")
-    headers: dict[str, str] = Field(default_factory=dict)
+    path: UrlPath = Field(default="", description="appended to the connection's URL path")
+    headers: dict[str, Referable] = Field(default_factory=dict)
     forward_headers: tuple[str, ...] = Field(
         default=("content-type",), description="request headers passed on to the destination"
     )
@@ -41,7 +78,7 @@ class HttpStep:
 
 @model
 class RedisStreamConfig:
-    stream: str = Field(min_length=1)
+    stream: RedisName
     maxlen: int | None = Field(default=None, gt=0, description="approximate stream cap")
 
 
@@ -54,7 +91,7 @@ class RedisStreamStep:
 
 @model
 class RedisPublishConfig:
-    channel: str = Field(min_length=1)
+    channel: RedisName
 
 
 @model
@@ -66,7 +103,7 @@ class RedisPublishStep:
 
 @model
 class FileConfig:
-    path: str = Field(min_length=1, description="JSON lines file, one webhook a line")
+    path: Referable = Field(min_length=1, description="JSON lines file, one webhook a line")
 
 
 @model

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from providers.model import Seconds, Secrets, model
+from providers.model import Referable, Seconds, Secrets, model
 
 
 def _cidr(value: str) -> str:
@@ -85,7 +85,7 @@ class Twilio(_Base):
     scheme: Literal["twilio"]
     secret: Secrets
     algorithm: Literal["sha1", "sha256"] = "sha1"
-    public_url: str | None = Field(
+    public_url: Referable | None = Field(
         default=None,
         description="the URL Twilio calls, when a proxy changes the one the gateway sees",
     )
@@ -121,7 +121,7 @@ class Bearer(_Base):
 @model
 class Basic(_Base):
     scheme: Literal["basic"]
-    username: str
+    username: Referable
     secret: Secrets = Field(description="the password")
 
 

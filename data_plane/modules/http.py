@@ -1,6 +1,8 @@
 """`http` step: send the webhook body to an HTTP Connection.
 
-`METHOD connection.url + config.path` (plain concatenation), headers from lowest to highest
+`METHOD connection.url + config.path`: the path can only go below the connection's URL (the
+model refuses anything else, and `target` checks the result again: a tenant's step must never
+send a connection's credentials to another host). Headers from lowest to highest
 precedence: the forwarded request headers (`config.forward_headers`), the connection's headers,
 the step's headers, then `X-Whplane-Delivery: <id>` and `X-Whplane-Attempt: <n>` (1 for the
 first try), which neither a sender nor a config can spoof. Any 2xx is success; redirects are
@@ -47,7 +49,7 @@ async def run(step: HttpStep, endpoint: Endpoint, delivery: Delivery, clients: C
         ):
             async with client.stream(
                 step.config.method,
-                spec.url + step.config.path,
+                target(spec.url, step.config.path, destination),
                 content=delivery.body,
                 headers=_headers(step, spec, delivery),
                 timeout=timeout_s,
@@ -76,6 +78,22 @@ async def run(step: HttpStep, endpoint: Endpoint, delivery: Delivery, clients: C
     raise DeliveryError(
         f"HTTP {status}", destination=destination, retryable=status >= 500 or status in (408, 429)
     )
+
+
+def target(base: str, path: str, destination: str = "") -> httpx.URL:
+    """`base` with `path` appended below its path; refuses a result on another origin."""
+    url = httpx.URL(base)
+    if not path:
+        return url
+    # A base ending in '/' and a path starting with one must not make an empty segment.
+    joined = httpx.URL(base.rstrip("/") + path) if not url.query else url.copy_with(
+        path=url.path.rstrip("/") + path.partition("?")[0])
+    if (joined.scheme, joined.host, joined.port, joined.userinfo) != (
+        url.scheme, url.host, url.port, url.userinfo
+    ):
+        raise DeliveryError("config.path would leave the connection's host",
+                            destination=destination, retryable=False)
+    return joined
 
 
 def _headers(step: HttpStep, spec: HttpConnectionSpec, delivery: Delivery) -> httpx.Headers:

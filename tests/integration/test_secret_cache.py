@@ -11,7 +11,7 @@ import pytest
 
 from cli.servers import VaultServer
 from providers.errors import ReferenceError_
-from providers.references import VaultRef, env_resolver, substitute
+from providers.references import VaultRef, env_resolver, parse
 from providers.secret_cache import SecretCache
 from providers.vault_client import VaultClient, VaultSettings
 
@@ -60,7 +60,7 @@ async def test_whole_and_embedded_references(
         "port": "{$vault:" + vault_path + "/api#port}",
     }
     # Exactly the stored value, whitespace included; non-strings as str().
-    assert substitute(doc, resolve) == {
+    assert {k: parse(v).render(resolve) for k, v in doc.items()} == {
         "whole": " t0k\n",
         "embedded": "Bearer  t0k\n!",
         "port": "8080",

@@ -1,7 +1,9 @@
+from collections.abc import Callable
+
 import pytest
 
 from providers.errors import ReferenceError_
-from providers.references import EnvRef, VaultRef, env_resolver, parse, refs_in, substitute
+from providers.references import EnvRef, Ref, VaultRef, env_resolver, parse, refs_in
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,10 @@ def test_parse_errors(text: str, message: str) -> None:
     assert message in str(exc.value)
 
 
+def render(text: str, resolve: Callable[[Ref], str]) -> str:
+    return parse(text).render(resolve)
+
+
 def test_resolution_keeps_values_exactly() -> None:
     weird = "  p@ss w/ spaces, quotes \"'; {braces} <$ $ \n"
     secrets = {("a/b", "c"): weird}
@@ -56,36 +62,37 @@ def test_resolution_keeps_values_exactly() -> None:
         return secrets[(ref.path, ref.field)]
 
     resolve = env_resolver({"USER": "bob"}, vault)
-    doc = {"x": ["{$vault:a/b#c}", "pre-<$vault:a/b#c>-post"], "u": "{$USER}@{$HOST:localhost}"}
-    out = substitute(doc, resolve)
-    assert out == {"x": [weird, f"pre-{weird}-post"], "u": "bob@localhost"}
-    assert doc["x"][0] == "{$vault:a/b#c}"  # the input is never modified
+    assert render("{$vault:a/b#c}", resolve) == weird
+    assert render("pre-<$vault:a/b#c>-post", resolve) == f"pre-{weird}-post"
+    assert render("{$USER}@{$HOST:localhost}", resolve) == "bob@localhost"
 
 
 def test_missing_variable_is_an_error_never_literal() -> None:
     with pytest.raises(ReferenceError_, match="environment variable NOPE is not set"):
-        substitute({"a": {"b": "{$NOPE}"}}, env_resolver({}))
+        render("{$NOPE}", env_resolver({}))
 
 
 def test_vault_reference_without_vault() -> None:
     with pytest.raises(ReferenceError_, match="needs Vault, and no Vault is configured"):
-        substitute("{$vault:a#b}", env_resolver({}))
+        render("{$vault:a#b}", env_resolver({}))
 
 
 def test_error_names_field_path() -> None:
-    with pytest.raises(ReferenceError_, match=r"spec\.headers\.X: environment variable"):
-        substitute({"spec": {"headers": {"X": "{$NOPE}"}}}, env_resolver({}))
     with pytest.raises(ReferenceError_, match=r"spec\.steps\[1\]: invalid variable name"):
         refs_in({"spec": {"steps": ["ok", "{$9}"]}})
 
 
-def test_unchanged_subtrees_are_shared() -> None:
-    inner = {"k": "no refs"}
-    doc = {"a": inner, "b": "{$X}"}
-    out = substitute(doc, env_resolver({"X": "1"}))
-    assert out["a"] is inner
-    assert substitute(inner, env_resolver({})) is inner
+@pytest.mark.parametrize("path", ["a/../b", "a/./b", "../b", "a/..", "..", "a//b", "/a", "a/"])
+def test_vault_paths_are_paths(path: str) -> None:
+    with pytest.raises(ReferenceError_, match="vault path"):
+        parse("{$vault:" + path + "#f}")
+
+
+@pytest.mark.parametrize("path", ["a%2f..%2fb", "a\\b", "a/%2e%2e/b", "a b"])
+def test_vault_paths_hold_no_encoded_or_odd_characters(path: str) -> None:
+    with pytest.raises(ReferenceError_, match="vault path"):
+        parse("{$vault:" + path + "#f}")
 
 
 def test_vault_default_applies_only_without_vault() -> None:
-    assert substitute("{$vault:a#b:dev}", env_resolver({})) == "dev"
+    assert render("{$vault:a#b:dev}", env_resolver({})) == "dev"
