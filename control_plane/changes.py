@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from control_plane.store import Change, Doc, HistoryRecord, Stored
-from providers.resources import GLOBAL, ResourceKey
+from control_plane.store import Change, Doc, HistoryRecord, Stored, scope
+from providers.resources import ResourceKey
 
 # Kinds `prune` may delete: Namespaces are never pruned (that would cascade).
 PRUNABLE = ("Webhook", "Connection")
@@ -60,13 +60,11 @@ def prune_targets(
     current: Mapping[ResourceKey, Stored], wanted: Mapping[ResourceKey, Doc]
 ) -> list[ResourceKey]:
     """Webhooks and connections of the scopes the documents touch that the documents omit."""
-    scopes = {k.namespace or GLOBAL for k in wanted if k.kind != "Namespace"}
-    scopes |= {k.name for k in wanted if k.kind == "Namespace"}
+    scopes = {scope(k) for k in wanted}
     return sorted(
-        (k for k in current
-         if k.kind in PRUNABLE and (k.namespace or GLOBAL) in scopes and k not in wanted),
+        (k for k in current if k.kind in PRUNABLE and scope(k) in scopes and k not in wanted),
         key=str,
-    )  # fmt: skip
+    )
 
 
 def cascade(current: Mapping[ResourceKey, Stored], namespace: str) -> list[ResourceKey]:
@@ -85,15 +83,13 @@ def state_at(
 
     Walks back from the present, undoing every recorded change newer than `revision`.
     """
-    def mine(key: ResourceKey) -> bool:
-        return key.namespace == namespace or (key.kind == "Namespace" and key.name == namespace)
-
-    state: dict[ResourceKey, Doc] = {k: s.doc for k, s in current.items() if mine(k)}
+    state: dict[ResourceKey, Doc] = {
+        k: s.doc for k, s in current.items() if scope(k) == namespace}
     for record in sorted(history, key=lambda r: r.revision, reverse=True):
         if record.revision <= revision:
             break
         for change in record.changes:
-            if not mine(change.key) or change.op == "unchanged":
+            if scope(change.key) != namespace or change.op == "unchanged":
                 continue
             if change.before is None:
                 state.pop(change.key, None)

@@ -8,11 +8,19 @@
     DIR/history/00000000000000000042.json         history, kept across generations
     DIR/gateways/{id}.json                        gateway heartbeats
     DIR/tokens/{digest}.json                      namespace tokens (hashed)
-    DIR/.lock                                     one writer at a time (flock)
+    DIR/.lock, DIR/.lock-tokens                   one writer at a time (flock)
 
 A gateway reading `file:DIR` resolves `..data` once per read and so sees each apply whole. The
-history record travels inside the generation, so the swap publishes both at once; copying it to
-`history/` afterwards is repeated by readers if a crash got in between.
+history record travels inside the generation, so the swap publishes both at once.
+
+A crash may stop an apply between any two steps; whatever it leaves is repaired by the next
+apply, and at start:
+
+- before the rename: a `..tmp-*` directory nobody reads, removed once it is an hour old;
+- after the rename, before the swap: a generation newer than `..data`, never published: removed,
+  so the next apply can take its revision;
+- a leftover `..data-N` link of an interrupted swap: removed;
+- after the swap, before the record is copied to `history/`: copied by the next apply or read.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from control_plane.store import Conflict, Draft, HistoryRecord, Stored
+from control_plane.store import Conflict, Draft, HistoryRecord, Stored, StoreFailed
 from providers.file import DATA_LINK, REVISION_FILE
 from providers.resources import GLOBAL, KINDS, ResourceKey
 
@@ -43,12 +51,18 @@ class DirStore:
         self.url = f"file:{self.root}"
         self.gateway_ttl_s = gateway_ttl_s
         self.root.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            self._recover()
 
     # -- reading ----------------------------------------------------------------------------
 
     def _current(self) -> tuple[int, Path | None]:
         link = self.root / DATA_LINK
         if not link.exists():
+            if link.is_symlink():
+                raise StoreFailed(
+                    f"{link} points to {os.readlink(link)}, which does not exist: point it at "
+                    "the newest ..gen-* directory (ln -sfn ..gen-N ..data) or restore that one")
             return 0, None
         gen = link.resolve()
         rev_file = gen / REVISION_FILE
@@ -75,13 +89,24 @@ class DirStore:
     # -- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.root / ".lock", "w") as lock:
+    def _locked(self, name: str = "") -> Iterator[None]:
+        with open(self.root / f".lock{name and '-' + name}", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _recover(self) -> None:
+        """Repair what an interrupted commit left (see the module docstring); needs the lock."""
+        current, gen = self._current()
+        if gen is not None:
+            self._settle_history(gen)
+        for path in self.root.glob("..gen-*"):
+            if _generation(path) > current and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+        for link in self.root.glob(f"{DATA_LINK}-*"):
+            link.unlink(missing_ok=True)
 
     def _commit(self, draft: Draft, base_revision: int) -> int:
         with self._locked():
@@ -90,6 +115,7 @@ class DirStore:
                 raise Conflict(
                     f"the config changed since revision {base_revision} (now {current})", current
                 )
+            self._recover()
             revision = current + 1
             gen = self.root / f"..gen-{revision:020d}"
             tmp = Path(tempfile.mkdtemp(prefix="..tmp-", dir=self.root))
@@ -106,12 +132,14 @@ class DirStore:
                 (tmp / CHANGE_FILE).write_text(json.dumps(draft.record(revision).as_dict()))
                 _fsync_tree(tmp)
                 os.rename(tmp, gen)
+                _fsync_dir(self.root)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            link_tmp = self.root / f"..data-{revision}"
+            link_tmp = self.root / f"{DATA_LINK}-{revision}"
             link_tmp.symlink_to(gen.name)
             os.replace(link_tmp, self.root / DATA_LINK)  # the one atomic step
+            _fsync_dir(self.root)
             self._settle_history(gen)
             self._collect(keep=gen)
             return revision
@@ -174,18 +202,46 @@ class DirStore:
     async def gateways(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._gateways)
 
+    def _token_path(self, digest: str) -> Path:
+        return self.root / "tokens" / f"{digest}.json"
+
     async def put_token(self, digest: str, record: Mapping[str, Any]) -> None:
-        path = self.root / "tokens" / f"{digest}.json"
-        await asyncio.to_thread(_atomic_write, path, json.dumps(dict(record)))
+        await asyncio.to_thread(_atomic_write, self._token_path(digest), json.dumps(dict(record)))
 
     async def get_token(self, digest: str) -> dict[str, Any] | None:
-        path = self.root / "tokens" / f"{digest}.json"
-        try:
-            text = await asyncio.to_thread(path.read_text)
-        except FileNotFoundError:
-            return None
-        result: dict[str, Any] = json.loads(text)
-        return result
+        return await asyncio.to_thread(_read_json, self._token_path(digest))
+
+    def _list_tokens(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for path in (self.root / "tokens").glob("*.json"):
+            record = _read_json(path)
+            if record is not None:
+                out[path.stem] = record
+        return out
+
+    async def list_tokens(self) -> dict[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._list_tokens)
+
+    def _touch_token(self, digest: str, fields: Mapping[str, Any]) -> None:
+        # Under the lock, so a revoke in between cannot be undone by writing the record back.
+        with self._locked("tokens"):
+            record = _read_json(self._token_path(digest))
+            if record is not None:
+                _atomic_write(self._token_path(digest), json.dumps({**record, **fields}))
+
+    async def touch_token(self, digest: str, fields: Mapping[str, Any]) -> None:
+        await asyncio.to_thread(self._touch_token, digest, fields)
+
+    def _delete_token(self, digest: str) -> bool:
+        with self._locked("tokens"):
+            try:
+                self._token_path(digest).unlink()
+            except FileNotFoundError:
+                return False
+            return True
+
+    async def delete_token(self, digest: str) -> bool:
+        return await asyncio.to_thread(self._delete_token, digest)
 
     async def close(self) -> None:
         return None
@@ -203,6 +259,29 @@ def _atomic_write(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _generation(path: Path) -> int:
+    try:
+        return int(path.name.removeprefix("..gen-"))
+    except ValueError:
+        return -1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -27,7 +27,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
-from control_plane.store import Conflict, Draft, HistoryRecord, Stored, StoreRefused
+from control_plane.store import Conflict, Draft, HistoryRecord, Stored, StoreFailed, StoreRefused
 from providers.etcd_conn import EtcdConnection, EtcdSettings, prefix_range_end, range_prefix
 from providers.resources import ResourceKey
 from providers.store_keys import (
@@ -133,7 +133,7 @@ class EtcdStore:
         try:
             resp = await self._conn.call(go)
         except grpc.aio.AioRpcError as exc:
-            raise _refused(exc, len(ops)) from exc
+            raise _refused(exc, len(ops), txn.ByteSize()) from exc
         if not resp.succeeded:
             current, _ = await self.read()
             raise Conflict(
@@ -218,14 +218,48 @@ class EtcdStore:
             out.append({**record, "live": True, "age_s": now - record.get("heartbeat", now)})
         return out
 
-    async def put_token(self, digest: str, record: Mapping[str, Any]) -> None:
-        txn = rpc.TxnRequest(success=[_put(self._tokens + digest, json.dumps(dict(record)))])
-        await self._conn.call(lambda c: c.kvstub.Txn(
+    async def _txn(self, txn: Any) -> Any:
+        return await self._conn.call(lambda c: c.kvstub.Txn(
             txn, timeout=self.settings.timeout_s, metadata=c.metadata))
+
+    async def put_token(self, digest: str, record: Mapping[str, Any]) -> None:
+        await self._txn(rpc.TxnRequest(
+            success=[_put(self._tokens + digest, json.dumps(dict(record)))]))
 
     async def get_token(self, digest: str) -> dict[str, Any] | None:
         raw = await self._get(self._tokens + digest)
         return json.loads(raw) if raw is not None else None
+
+    async def list_tokens(self) -> dict[str, dict[str, Any]]:
+        _, kvs = await self._conn.call(lambda c: range_prefix(
+            c, self._tokens.encode(), self.settings.timeout_s))
+        out = {}
+        for kv in kvs:
+            try:
+                record = json.loads(kv.value)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out[kv.key.decode().removeprefix(self._tokens)] = record
+        return out
+
+    async def touch_token(self, digest: str, fields: Mapping[str, Any]) -> None:
+        key = (self._tokens + digest).encode()
+        resp = await self._conn.call(lambda c: c.kvstub.Range(
+            rpc.RangeRequest(key=key), timeout=self.settings.timeout_s, metadata=c.metadata))
+        if not resp.kvs:
+            return
+        kv = resp.kvs[0]
+        record = {**json.loads(kv.value), **fields}
+        # Only over the version read: a revoke in between must not be undone.
+        await self._txn(rpc.TxnRequest(
+            compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key,
+                                 mod_revision=kv.mod_revision)],
+            success=[_put(key, json.dumps(record))]))
+
+    async def delete_token(self, digest: str) -> bool:
+        resp = await self._txn(rpc.TxnRequest(success=[_delete(self._tokens + digest)]))
+        return bool(resp.responses[0].response_delete_range.deleted)
 
     async def _get(self, key: str) -> bytes | None:
         resp = await self._conn.call(lambda c: c.kvstub.Range(
@@ -248,16 +282,19 @@ def _delete(key: str) -> Any:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode()))
 
 
-def _refused(exc: grpc.aio.AioRpcError, n_ops: int) -> Exception:
+def _refused(exc: grpc.aio.AioRpcError, n_ops: int, n_bytes: int) -> Exception:
     details = exc.details() or ""
     if "too many operations" in details:
         return StoreRefused(
             f"etcd refused one transaction of {n_ops} operations: raise etcd's "
             "--max-txn-ops (default 128) above the largest apply, or apply in parts"
         )
-    if "request is too large" in details:
+    if "request is too large" in details or exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # RESOURCE_EXHAUSTED: gRPC's message size limit on either side, which etcd sets a
+        # little above its --max-request-bytes.
         return StoreRefused(
-            "etcd refused the transaction as too large: raise etcd's --max-request-bytes"
+            f"etcd refused a transaction of {n_bytes} bytes as too large ({details}): raise "
+            "etcd's --max-request-bytes (default 1.5 MiB) above the largest apply, or apply "
+            "in parts"
         )
-    unknown: Exception = exc
-    return unknown
+    return StoreFailed(f"etcd refused the transaction: {exc.code().name}: {details}")

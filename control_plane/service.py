@@ -1,43 +1,37 @@
 """The control plane's operations, independent of HTTP: apply, diff, delete, rollback, history,
 fleet. The only writer of the store.
 
-Errors carry what the API answers: `Invalid` (422, every problem named), `Forbidden` (403),
-`NotFound` (404), and the store's `Conflict` (409).
+What a route's path and query allow (`authz.py`) is checked before these are called; here is
+what needs the body or the stored data.
+
+Every write, a rollback included, goes through `_admit`: the documents are validated (422),
+each must be writable by the principal (403), and a namespace token's documents are stamped as
+sandboxed and held to the tenant rules (403, naming document, field and reason). Errors are
+those of `control_plane.errors`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from control_plane.changes import cascade, comparable, plan, prune_targets, state_at
-from control_plane.store import Change, Conflict, Doc, Draft, Store, Stored
-from control_plane.tokens import Principal
+from control_plane.errors import Conflict, Forbidden, Invalid, NotFound
+from control_plane.principal import Principal
+from control_plane.store import Change, Doc, Draft, Store, Stored, scope
+from control_plane.visibility import gateway_view, history_view
 from providers.errors import DocumentError, DocumentErrors, Location
 from providers.loader import plaintext_secrets, validate_documents
-from providers.references import EnvRef, refs_in
-from providers.resources import GLOBAL, AnyResource, ResourceKey, Webhook, key_of
+from providers.resources import AnyResource, ResourceKey, Webhook, key_of
+from providers.sandbox import stamp, tenant_problems
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("control_plane.audit")
 RACE_RETRIES = 5
-
-
-class Invalid(Exception):
-    def __init__(self, errors: Sequence[DocumentError]) -> None:
-        self.errors = list(errors)
-        super().__init__("; ".join(str(e) for e in errors))
-
-
-class Forbidden(Exception):
-    pass
-
-
-class NotFound(Exception):
-    pass
+Deletions = Callable[[Mapping[ResourceKey, Stored]], list[ResourceKey]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +111,29 @@ class ControlPlane:
         if errors:
             raise Invalid(errors)
 
+    def _admit(self, docs: Sequence[Mapping[str, Any]], principal: Principal,
+               sources: Sequence[str] | None, *, keep_stamp: bool = False) -> list[_Doc]:
+        """The documents as `principal` writes them, or why it may not.
+
+        `keep_stamp`: an admin restoring history keeps each document's stamp as it was, so a
+        tenant's old document stays sandboxed.
+        """
+        validated = self._validate(docs, sources)
+        refused = [DocumentError(d.location, "kind" if d.key.kind == "Namespace"
+                                 else "metadata.namespace",
+                                 f"{principal.name} may not write {d.key}")
+                   for d in validated if not principal.can_write(d.key)]
+        if refused:
+            raise Forbidden("; ".join(str(e) for e in refused), refused)
+        admitted = [d if keep_stamp and principal.admin
+                    else replace(d, doc=stamp(d.doc, not principal.admin)) for d in validated]
+        if principal.namespace is not None:
+            problems = [DocumentError(d.location, p.path, p.reason) for d in admitted
+                        for p in tenant_problems(d.doc, principal.namespace)]
+            if problems:
+                raise Forbidden("; ".join(str(e) for e in problems), problems)
+        return admitted
+
     async def apply(
         self,
         docs: Sequence[Mapping[str, Any]],
@@ -128,50 +145,38 @@ class ControlPlane:
         expected_revision: int | None = None,
         message: str = "",
     ) -> Outcome:
-        validated = self._validate(docs, sources)
-        for d in validated:
-            if not principal.can_write(d.key):
-                raise Forbidden(f"{principal.name} may not write {d.key}")
-        if not principal.admin:
-            problems = [p for d in validated for p in tenant_limits(d, str(principal.namespace))]
-            if problems:
-                raise Forbidden("; ".join(problems))
-        wanted = {d.key: d.doc for d in validated}
-        touched = {d.key: d for d in validated}
+        admitted = self._admit(docs, principal, sources)
+        wanted = {d.key: d.doc for d in admitted}
 
         def deletions(current: Mapping[ResourceKey, Stored]) -> list[ResourceKey]:
             targets = prune_targets(current, wanted) if prune else []
-            for key in targets:
-                if not principal.can_write(key):
-                    raise Forbidden(f"{principal.name} may not prune {key}")
+            _check_deletes(principal, targets)
             return targets
 
-        return await self._change(principal, wanted, deletions, touched, dry_run,
+        return await self._change(principal, wanted, deletions, admitted, dry_run,
                                   expected_revision, message or "apply")
 
     async def delete(self, key: ResourceKey, principal: Principal, message: str = "",
                      dry_run: bool = False) -> Outcome:
-        if not principal.can_write(key):
-            raise Forbidden(f"{principal.name} may not delete {key}")
-
         def deletions(current: Mapping[ResourceKey, Stored]) -> list[ResourceKey]:
             if key not in current:
                 raise NotFound(f"{key} does not exist")
             return cascade(current, key.name) if key.kind == "Namespace" else [key]
 
-        return await self._change(principal, {}, deletions, {}, dry_run, None,
+        return await self._change(principal, {}, deletions, [], dry_run, None,
                                   message or f"delete {key}")
 
     async def _change(
         self,
         principal: Principal,
         wanted: Mapping[ResourceKey, Doc],
-        deletions: Any,
-        touched: Mapping[ResourceKey, _Doc],
+        deletions: Deletions,
+        admitted: Sequence[_Doc],
         dry_run: bool,
         expected_revision: int | None,
         message: str,
     ) -> Outcome:
+        touched = {d.key: d for d in admitted}
         for _ in range(RACE_RETRIES):
             revision, current = await self.store.read()
             if expected_revision is not None and revision != expected_revision:
@@ -205,14 +210,11 @@ class ControlPlane:
         items = [
             s.doc for k, s in sorted(current.items(), key=lambda kv: str(kv[0]))
             if (kind is None or k.kind == kind) and principal.can_read(k)
-            and (namespace is None or k.namespace == namespace
-                 or (k.kind == "Namespace" and k.name == namespace))
+            and (namespace is None or scope(k) == namespace)
         ]  # fmt: skip
         return revision, items
 
-    async def resource(self, key: ResourceKey, principal: Principal) -> Doc:
-        if not principal.can_read(key):
-            raise Forbidden(f"{principal.name} may not read {key}")
+    async def resource(self, key: ResourceKey) -> Doc:
         _, current = await self.store.read()
         stored = current.get(key)
         if stored is None:
@@ -225,66 +227,71 @@ class ControlPlane:
 
     async def history(self, principal: Principal, namespace: str | None = None,
                       limit: int = 50) -> list[dict[str, Any]]:
-        if not principal.admin:
-            namespace = principal.namespace
+        namespace = principal.namespace or namespace
         records = await self.store.history(limit if namespace is None else 10_000)
         out = []
         for r in records:
-            if namespace is not None and namespace not in r.namespaces():
-                continue
-            changes = [c for c in r.changes
-                       if namespace is None or (c.key.namespace or GLOBAL) == namespace
-                       or (c.key.kind == "Namespace" and c.key.name == namespace)]
-            out.append({**r.as_dict(full=False), "changes": [c.summary() for c in changes]})
-            if len(out) >= limit:
-                break
+            if namespace is None or namespace in r.namespaces():
+                out.append(history_view(r, principal, namespace, full=False))
+                if len(out) >= limit:
+                    break
         return out
 
     async def history_record(self, revision: int, principal: Principal) -> dict[str, Any]:
         record = await self.store.history_get(revision)
         if record is None:
             raise NotFound(f"no history for revision {revision}")
-        if not principal.admin and not all(principal.can_read(c.key) for c in record.changes):
-            raise Forbidden(f"revision {revision} touches other namespaces")
-        return record.as_dict()
+        if principal.namespace is not None and principal.namespace not in record.namespaces():
+            raise Forbidden(f"revision {revision} did not change namespace "
+                            f"{principal.namespace!r}")
+        return history_view(record, principal)
 
     async def rollback(self, namespace: str, principal: Principal,
                        to_revision: int | None = None, message: str = "") -> Outcome:
-        if not principal.admin and principal.namespace != namespace:
-            raise Forbidden(f"{principal.name} may not roll back namespace {namespace}")
+        """Restore `namespace` as it was right after `to_revision`: an apply by `principal`."""
+        if not principal.can_manage(namespace):
+            raise Forbidden(f"{principal.name} may not roll back namespace {namespace!r}")
         records = await self.store.history(100_000)
         if to_revision is None:
-            latest = next((r for r in records if namespace in r.namespaces()
-                           or any(c.key.kind == "Namespace" and c.key.name == namespace
-                                  for c in r.changes)), None)
+            latest = next((r for r in records if namespace in r.namespaces()), None)
             if latest is None:
                 raise NotFound(f"namespace {namespace!r} has no recorded change to undo")
             to_revision = latest.revision - 1
         _, current = await self.store.read()
         target = state_at(current, records, to_revision, namespace)
-        mine = [k for k in current if k.namespace == namespace
-                or (k.kind == "Namespace" and k.name == namespace)]
-        restore = {k: comparable(d) for k, d in target.items()}
-        for key, doc in restore.items():
-            now = current.get(key)
-            if (now is None or comparable(now.doc) != doc) and not principal.can_write(key):
-                raise Forbidden(f"{principal.name} may not restore {key}")
+
+        def mine(key: ResourceKey) -> bool:
+            # A Namespace resource is the admin's even to a tenant undoing its own changes.
+            return scope(key) == namespace and (principal.admin or key.kind != "Namespace")
+
+        restore = sorted(
+            (k for k, doc in target.items() if mine(k)
+             and (k not in current or comparable(current[k].doc) != comparable(doc))),
+            key=str,
+        )  # fmt: skip
+        admitted = self._admit([target[k] for k in restore], principal,
+                               [f"revision {to_revision}: {k}" for k in restore],
+                               keep_stamp=True)
+        wanted = {d.key: d.doc for d in admitted}
 
         def deletions(now: Mapping[ResourceKey, Stored]) -> list[ResourceKey]:
-            return [k for k in mine if k not in restore and k in now]
+            gone = sorted((k for k in now if mine(k) and k not in target), key=str)
+            _check_deletes(principal, gone)
+            return gone
 
-        return await self._change(principal, restore, deletions, {}, False, None,
+        return await self._change(principal, wanted, deletions, admitted, False, None,
                                   message or f"rollback {namespace} to revision {to_revision}")
 
     # -- fleet ------------------------------------------------------------------------------
 
-    async def gateways(self) -> list[dict[str, Any]]:
-        return sorted(await self.store.gateways(), key=lambda g: str(g.get("id")))
+    async def gateways(self, principal: Principal) -> list[dict[str, Any]]:
+        records = sorted(await self.store.gateways(), key=lambda g: str(g.get("id")))
+        return [gateway_view(g, principal) for g in records]
 
-    async def rollout(self, revision: int | None = None) -> dict[str, Any]:
+    async def rollout(self, principal: Principal, revision: int | None = None) -> dict[str, Any]:
         if revision is None:
             revision, _ = await self.store.read()
-        gateways = [g for g in await self.gateways() if g.get("live")]
+        gateways = [g for g in await self.gateways(principal) if g.get("live")]
         rows = [{"id": g.get("id"), "revision": g.get("revision"),
                  "applied": int(g.get("revision") or 0) >= revision} for g in gateways]
         applied = sum(1 for r in rows if r["applied"])
@@ -293,36 +300,10 @@ class ControlPlane:
                 "time": time.time()}
 
 
-def tenant_limits(d: _Doc, namespace: str) -> list[str]:
-    """What a namespace token may not configure, even in its own namespace.
-
-    Gateways resolve references with their own environment and Vault token, and reach out
-    from inside the network: a tenant must not be able to read another tenant's secrets, the
-    gateway's own settings, the local disk, or private addresses through its config.
-    """
-    where = f"{d.location}"
-    problems: list[str] = []
-    for path, refs in refs_in(d.doc).items():
-        for ref in refs:
-            if isinstance(ref, EnvRef):
-                problems.append(f"{where}: {path}: environment references are for the admin")
-            elif not ref.path.startswith(f"{namespace}/"):
-                problems.append(f"{where}: {path}: vault paths of this namespace start with "
-                                f"{namespace}/")
-    spec = d.doc.get("spec", {})
-    if d.key.kind == "Connection":
-        if spec.get("allow_private"):
-            problems.append(f"{where}: spec.allow_private: only the admin may allow private "
-                            "addresses")
-        if spec.get("type") == "redis":
-            problems.append(f"{where}: spec.type: redis connections are for the admin (use a "
-                            "global one)")
-    if isinstance(d.resource, Webhook):
-        for i, step in enumerate(d.resource.spec.chain.steps):
-            if step.module == "file":
-                problems.append(f"{where}: spec.chain.steps[{i}]: the file module is for the "
-                                "admin")
-    return problems
+def _check_deletes(principal: Principal, keys: Sequence[ResourceKey]) -> None:
+    refused = [str(k) for k in keys if not principal.can_write(k)]
+    if refused:
+        raise Forbidden(f"{principal.name} may not delete {', '.join(refused)}")
 
 
 def _connection_in(final: Mapping[ResourceKey, Doc], namespace: str | None, name: str) -> bool:

@@ -8,14 +8,24 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from control_plane.body import DEFAULT_MAX_REQUEST_BYTES
 from control_plane.dir_store import DirStore
 from control_plane.etcd_store import EtcdStore
 from control_plane.store import Store
 
 
-class ControlPlaneSettings(BaseSettings):
+class ApiLimits(BaseSettings):
+    """The API's own limits; `create_api` reads them from the environment unless given."""
+
     model_config = SettingsConfigDict(env_prefix="WH_", extra="ignore", frozen=True)
 
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES, ge=1024,
+        description="largest request body accepted (413 above); applies bigger than this go "
+        "in parts")
+
+
+class ControlPlaneSettings(ApiLimits):
     store: str = Field(description="etcd://HOST:PORT[,...]/PREFIX | file:DIR")
     host: str = "127.0.0.1"
     port: int = Field(default=8070, ge=0, le=65535)

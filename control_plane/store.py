@@ -3,11 +3,8 @@
 Two backends implement `Store`: etcd (`etcd_store.py`) and a local directory (`dir_store.py`).
 Both make one apply one revision, all or nothing, together with its history record.
 
-Errors:
-
-    StoreError               base
-    ├── Conflict             the config moved since it was read (expected revision, or a race)
-    └── StoreRefused         the store would not take the write (size limits), with the fix
+Errors (`control_plane.errors`): `StoreError` and its leaves `Conflict` (the config moved since it
+was read), `StoreRefused` (the store would not take the write, with the fix) and `StoreFailed`.
 """
 
 from __future__ import annotations
@@ -17,24 +14,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from control_plane.errors import Conflict, StoreError, StoreFailed, StoreRefused
 from providers.resources import GLOBAL, ResourceKey
+
+__all__ = ["Change", "Conflict", "Doc", "Draft", "HistoryRecord", "Store", "StoreError",
+           "StoreFailed", "StoreRefused", "Stored", "scope"]
 
 Op = Literal["create", "update", "delete", "unchanged"]
 Doc = dict[str, Any]
 
 
-class StoreError(Exception):
-    pass
-
-
-class Conflict(StoreError):
-    def __init__(self, message: str, current_revision: int) -> None:
-        self.current_revision = current_revision
-        super().__init__(message)
-
-
-class StoreRefused(StoreError):
-    pass
+def scope(key: ResourceKey) -> str:
+    """The namespace a resource belongs to: a Namespace resource belongs to itself."""
+    return key.name if key.kind == "Namespace" else key.namespace or GLOBAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +62,7 @@ class HistoryRecord:
     changes: tuple[Change, ...]
 
     def namespaces(self) -> set[str]:
-        return {c.key.namespace or GLOBAL for c in self.changes}
+        return {scope(c.key) for c in self.changes}
 
     def as_dict(self, full: bool = True) -> dict[str, Any]:
         return {
@@ -136,5 +128,17 @@ class Store(Protocol):
     async def put_token(self, digest: str, record: Mapping[str, Any]) -> None: ...
 
     async def get_token(self, digest: str) -> dict[str, Any] | None: ...
+
+    async def list_tokens(self) -> dict[str, dict[str, Any]]:
+        """Every token record by digest."""
+        ...
+
+    async def touch_token(self, digest: str, fields: Mapping[str, Any]) -> None:
+        """Update fields of a token record, only if it still exists (never revive a revoked one)."""
+        ...
+
+    async def delete_token(self, digest: str) -> bool:
+        """Remove a token record; False if there was none."""
+        ...
 
     async def close(self) -> None: ...

@@ -255,8 +255,10 @@ async def test_namespace_tokens_are_sandboxed(api: Api) -> None:
     filed = hook("filed", chain={"steps": [{"module": "file", "config": {"path": "/etc/x"}}]})
     private = conn("inside", "acme")
     private["spec"]["allow_private"] = True
-    for doc, why in ((theirs, "start with acme/"), (env, "environment references"),
-                     (filed, "file module"), (private, "allow_private")):
-        r = await api.apply([doc], token=token)
-        assert r.status_code == 403 and why in r.text, (why, r.text)
+    for doc, field in ((theirs, "spec.verify.secret"), (env, "spec.verify.secret"),
+                       (filed, "spec.chain.steps[0]"), (private, "spec.allow_private")):
+        r = await api.apply([doc], token=token, sources=["tenant.yaml[0]"])
+        assert r.status_code == 403, r.text
+        [error] = r.json()["detail"]["errors"]
+        assert (error["source"], error["field"]) == ("tenant.yaml[0]", field), error
     assert (await api.apply([theirs, env])).status_code == 200  # the admin may

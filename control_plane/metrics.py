@@ -1,0 +1,35 @@
+"""The control plane's own Prometheus metrics, one registry per app."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+T = TypeVar("T")
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.applies = Counter("whplane_applies", "Applies by result", ["result"],
+                               registry=self.registry)
+        self.apply_seconds = Histogram("whplane_apply_duration_seconds", "Apply latency",
+                                       registry=self.registry)
+
+    async def timed(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a write, counted by result (`ok` or the error's class) and timed when it works."""
+        t0 = time.perf_counter()
+        try:
+            out = await op()
+        except Exception as exc:
+            self.applies.labels(type(exc).__name__.lower()).inc()
+            raise
+        self.applies.labels("ok").inc()
+        self.apply_seconds.observe(time.perf_counter() - t0)
+        return out
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
