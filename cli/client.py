@@ -28,6 +28,7 @@ __all__ = [
     "ApiClient",
     "ApiError",
     "ClientError",
+    "TokenInfo",
     "Unreachable",
 ]
 
@@ -95,9 +96,17 @@ class RolloutStatus(TypedDict):
     gateways: list[GatewayProgress]
 
 
-class TokenAnswer(TypedDict):
-    token: str
+class TokenInfo(TypedDict, total=False):
+    id: str
     namespace: str
+    created: float | None
+    expires: float | None
+    last_used: float | None
+    created_by: str
+
+
+class TokenAnswer(TokenInfo, total=False):
+    token: str
 
 
 class ClientError(Exception):
@@ -124,6 +133,8 @@ class ApiError(ClientError):
         if self.document_errors:
             n = len(self.document_errors)
             message = f"{n} error{'s' if n != 1 else ''} in the documents"
+            if self.status == 403:  # the documents say why: no hint to add
+                return f"{n} document{'s' if n != 1 else ''} this token may not write"
         elif isinstance(detail, dict) and "error" in detail:
             message = str(detail["error"])
             if detail.get("current_revision") is not None:
@@ -142,6 +153,7 @@ class ApiError(ClientError):
 _HINTS = {
     401: "the control plane refused the token: set WHCTL_TOKEN or --token-file",
     403: "this token may not use that namespace",
+    413: "too large for the control plane",
 }
 
 
@@ -329,8 +341,19 @@ class ApiClient:
         )
         return answer
 
-    def create_token(self, namespace: str) -> TokenAnswer:
-        answer: TokenAnswer = self.request("POST", "/v1/tokens", body={"namespace": namespace})
+    def create_token(self, namespace: str, expires_in_s: float | None = None) -> TokenAnswer:
+        body: dict[str, Any] = {"namespace": namespace}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
+        answer: TokenAnswer = self.request("POST", "/v1/tokens", body=body)
+        return answer
+
+    def list_tokens(self) -> list[TokenInfo]:
+        items: list[TokenInfo] = self.request("GET", "/v1/tokens")["items"]
+        return items
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        answer: TokenInfo = self.request("DELETE", f"/v1/tokens/{_segment(token_id)}")
         return answer
 
     @staticmethod

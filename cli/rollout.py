@@ -74,12 +74,12 @@ def _progress(status: RolloutStatus) -> str:
             "live gateway(s)")
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in `30s`, `2m`, `500ms`, `1h`, `1m30s` or plain (fractional) seconds."""
+    """Seconds in `30s`, `2m`, `500ms`, `1h`, `30d`, `1m30s` or plain (fractional) seconds."""
     value = text.strip()
     try:
         seconds = float(value)

@@ -422,6 +422,7 @@ def test_rollout_status_rejects_bad_duration(cp: FakeControlPlane) -> None:
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("30s", 30), ("2m", 120), ("500ms", 0.5), ("1.5", 1.5), ("1m30s", 90), ("1h", 3600), ("0", 0),
+    ("30d", 30 * 86400),
 ])
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -478,6 +479,53 @@ def test_tokens_create_prints_only_the_token(cp: FakeControlPlane) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout == "ns-acme.s3cr3t:smile:[b]\n"
     assert cp.body() == {"namespace": "acme"}
+
+
+def test_tokens_create_expires(cp: FakeControlPlane) -> None:
+    cp.routes["POST", "/v1/tokens"] = {"token": "whp_x", "namespace": "acme", "id": "abc",
+                                       "expires": 1_700_000_000}
+    result = run(cp, "tokens", "create", "-n", "acme", "--expires", "30d")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "whp_x\n"
+    assert cp.body() == {"namespace": "acme", "expires_in_s": 30 * 86400}
+    assert "expires 2023-11-14T22:13:20Z" in result.stderr
+    assert run(cp, "tokens", "create", "-n", "acme", "--expires", "soon").exit_code == 2
+    assert run(cp, "tokens", "create", "-n", "acme", "--expires", "0s").exit_code == 2
+    assert len(cp.requests) == 1
+
+
+def test_tokens_list_never_shows_a_token(cp: FakeControlPlane) -> None:
+    items = [{"id": "0123456789ab", "namespace": "acme", "created": 1_700_000_000,
+              "expires": None, "last_used": None, "created_by": "admin"}]
+    cp.routes["GET", "/v1/tokens"] = {"items": items}
+    table = run(cp, "tokens", "list")
+    assert table.exit_code == 0, table.output
+    assert [line.split() for line in table.stdout.splitlines()] == [
+        ["ID", "NAMESPACE", "CREATED", "EXPIRES", "LAST", "USED"],
+        ["0123456789ab", "acme", "2023-11-14T22:13:20Z", "never", "never"]]
+    assert json.loads(run(cp, "tokens", "list", "-o", "json").stdout) == items
+
+
+def test_tokens_revoke(cp: FakeControlPlane) -> None:
+    cp.routes["DELETE", "/v1/tokens/0123456789ab"] = {"id": "0123456789ab", "namespace": "acme",
+                                                      "revoked": True}
+    result = run(cp, "tokens", "revoke", "0123456789ab")
+    assert result.exit_code == 0, result.output
+    assert "0123456789ab of namespace acme revoked" in result.stderr
+    cp.routes["DELETE", "/v1/tokens/nope"] = httpx.Response(
+        404, json={"detail": "no token with id 'nope'"})
+    missing = run(cp, "tokens", "revoke", "nope")
+    assert missing.exit_code == 1 and "no token with id 'nope'" in missing.stderr
+
+
+def test_other_namespace_is_refused_not_empty(cp: FakeControlPlane) -> None:
+    refused = httpx.Response(403, json={"detail": "token:abc may not read namespace 't2'"})
+    cp.routes["GET", "/v1/resources"] = refused
+    cp.routes["GET", "/v1/history"] = refused
+    for args in (("get", "webhooks", "-n", "t2"), ("rollout", "history", "-n", "t2")):
+        result = run(cp, *args)
+        assert result.exit_code == 1, result.output
+        assert "may not read namespace 't2'" in result.stderr and result.stdout == ""
 
 
 # --- server, token, transport errors ---------------------------------------------------------------
