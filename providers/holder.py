@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from immutables import Map
-from pydantic import ValidationError
 
 from providers import reference_fields, sandbox
 from providers.backoff import backoff
@@ -59,7 +58,7 @@ class _Prepared:
     key: ResourceKey
     raw: RawDoc
     resource: AnyResource  # as written: references not resolved
-    has_refs: bool
+    sites: tuple[reference_fields.Site, ...]  # where its references are
     vault_paths: frozenset[str]
     revision: int
 
@@ -182,9 +181,9 @@ class SnapshotHolder:
         """
         resource = self._validate_written(key, raw)
         doc: Mapping[str, Any] | None = raw if isinstance(raw, Mapping) else None
-        sites = list(reference_fields.sites(resource))
+        sites = reference_fields.locate(resource)
         if isinstance(raw, bytes):
-            in_sites = sum(reference_fields.count_in_text(t) for _, t in sites)
+            in_sites = sum(reference_fields.count_in_text(site.text) for site in sites)
             # Every reference opener in the text sits in a field that takes references: the
             # common case, decided without parsing. Otherwise look closer.
             if reference_fields.count_in_text(raw.decode("utf-8", "replace")) != in_sites:
@@ -200,12 +199,12 @@ class SnapshotHolder:
             if refused:
                 raise _Failed("refused by the tenant rules: " + "; ".join(map(str, refused)))
         paths: set[str] = set()
-        for path, text in sites:
+        for site in sites:
             try:
-                paths.update(r.path for r in parse(text).refs if isinstance(r, VaultRef))
+                paths.update(r.path for r in parse(site.text).refs if isinstance(r, VaultRef))
             except ReferenceError_ as exc:
-                raise _Failed(f"{path}: {exc}") from None
-        return _Prepared(key, raw, resource, bool(sites), frozenset(paths) or _NO_PATHS,
+                raise _Failed(f"{site.path}: {exc}") from None
+        return _Prepared(key, raw, resource, tuple(sites), frozenset(paths) or _NO_PATHS,
                          revision)
 
     def _validate_written(self, key: ResourceKey, raw: RawDoc) -> AnyResource:
@@ -237,7 +236,7 @@ class SnapshotHolder:
             await self._secrets.fetch(paths)
 
     def _validate(self, p: _Prepared, memo: dict[str, str]) -> AnyResource:
-        if not p.has_refs:
+        if not p.sites:
             return p.resource
 
         def render(text: str) -> str:
@@ -247,13 +246,12 @@ class SnapshotHolder:
             return value
 
         try:
-            return reference_fields.resolve(p.resource, render)  # type: ignore[no-any-return]
+            return reference_fields.resolve(  # type: ignore[no-any-return]
+                p.resource, render, p.sites)
         except ReferenceError_ as exc:
             raise _Failed(str(exc), retryable=bool(p.vault_paths)) from None
-        except ValidationError as exc:
-            # Name the fields, never the values: they hold resolved secrets.
-            fields = ", ".join(".".join(map(str, e["loc"])) or "value" for e in exc.errors())
-            raise _Failed(f"invalid after resolving references: {fields}") from None
+        except reference_fields.InvalidAfterResolving as exc:
+            raise _Failed(f"invalid after resolving references: {exc}") from None
 
     def _build(
         self,

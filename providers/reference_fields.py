@@ -12,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
 
 from providers.errors import ReferenceError_
 from providers.model import REFERABLE
@@ -91,114 +94,154 @@ def _plan_of(cls: type) -> Plan:
     return tuple(out)
 
 
-def sites(resource: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    """(field path, text) of every referable string in `resource` that holds a reference.
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A referable string that holds a reference: where it is, and its text."""
 
-    Paths are written as in the document (`spec.verify.secret[0]`, `spec.headers.Authorization`).
-    """
-    for attr, name, shape in _plan(type(resource)):
-        value = getattr(resource, attr)
-        here = f"{path}.{name}" if path else name
+    steps: tuple[str | int, ...]  # attribute names, tuple indexes and mapping keys, from the top
+    path: str  # the same, as written in the document: `spec.verify.secret[0]`
+    text: str
+
+
+def locate(resource: Any) -> list[Site]:
+    """Every referable string in `resource` that holds a reference."""
+    out: list[Site] = []
+    _locate(resource, (), "", out)
+    return out
+
+
+def _locate(obj: Any, steps: tuple[str | int, ...], path: str, out: list[Site]) -> None:
+    for attr, name, shape in _plan_of(type(obj)):  # type: ignore[arg-type]
+        value = getattr(obj, attr)
         if value is None:
             continue
+        here = f"{path}.{name}" if path else name
+        at = (*steps, attr)
         if shape == "str":
             if has_refs(value):
-                yield here, value
+                out.append(Site(at, here, value))
         elif shape == "seq":
-            for i, v in enumerate(value):
-                if has_refs(v):
-                    yield f"{here}[{i}]", v
+            out.extend(Site((*at, i), f"{here}[{i}]", v) for i, v in enumerate(value)
+                       if has_refs(v))
         elif shape == "map":
-            for k, v in value.items():
-                if has_refs(v):
-                    yield f"{here}.{k}", v
+            out.extend(Site((*at, k), f"{here}.{k}", v) for k, v in value.items() if has_refs(v))
         elif isinstance(value, tuple):
             for i, item in enumerate(value):
-                if _plan(type(item)):
-                    yield from sites(item, f"{here}[{i}]")
-        elif _plan(type(value)):
-            yield from sites(value, here)
+                _locate(item, (*at, i), f"{here}[{i}]", out)
+        else:
+            _locate(value, at, here, out)
+
+
+def sites(resource: Any) -> list[tuple[str, str]]:
+    """(field path, text) of every referable string in `resource` that holds a reference."""
+    return [(site.path, site.text) for site in locate(resource)]
 
 
 def refs(resource: Any) -> list[Ref]:
     """Every reference in the referable fields of `resource` (raises on a malformed one)."""
-    return [r for _, text in sites(resource) for r in parse(text).refs]
+    return [r for site in locate(resource) for r in parse(site.text).refs]
 
 
-def resolve(resource: Any, render: Callable[[str], str]) -> Any:
-    """A copy of `resource` with every referable field's text passed through `render`.
+def resolve(resource: Any, render: Callable[[str], str],
+            located: Sequence[Site] | None = None) -> Any:
+    """A copy of `resource` with the text of every site passed through `render`.
 
-    Unchanged parts are shared, not copied. The model that holds a resolved field is rebuilt
-    through its constructor, so resolved values are validated like written ones (a URL must
-    still be a URL); the models above it are copied with the new child, already validated.
+    `located` is `locate(resource)`, when the caller has it already. Only the models on the way
+    to a site are copied; everything else is shared. The model that holds a resolved field gets
+    that field validated like a written one (a URL must still be a URL); errors name the field.
     """
+    if located is None:
+        located = locate(resource)
+    if not located:
+        return resource
+    return _rebuild(resource, [(site.steps, site) for site in located], render)
+
+
+def _rebuild(obj: Any, items: list[tuple[tuple[str | int, ...], Site]],
+             render: Callable[[str], str]) -> Any:
+    groups: dict[str, list[tuple[tuple[str | int, ...], Site]]] = {}
+    for steps, site in items:
+        groups.setdefault(str(steps[0]), []).append((steps[1:], site))
+    cls: type = type(obj)
+    shapes = {attr: shape for attr, _name, shape in _plan_of(cls)}
     changes: dict[str, Any] = {}
     leaf = False
-    for attr, name, shape in _plan(type(resource)):
-        value = getattr(resource, attr)
-        if value is None:
-            continue
-        try:
-            new = _resolve_field(value, shape, render)
-        except ReferenceError_ as exc:
-            # Name the field from the top: each level adds its own name on the way out.
-            sep = "" if str(exc).startswith("[") else "."
-            raise ReferenceError_(f"{name}{sep}{exc}" if ": " in str(exc) else
-                                  f"{name}: {exc}") from None
-        if new is not value:
-            changes[attr] = new
-            leaf = leaf or shape != "nested"
-    if not changes:
-        return resource
+    for attr, sub in groups.items():
+        value = getattr(obj, attr)
+        shape = shapes[attr]
+        if shape == "str":
+            changes[attr] = _render(sub[0][1], render)
+        elif shape == "seq":
+            at = {rest[0]: site for rest, site in sub}
+            changes[attr] = tuple(_render(at[i], render) if i in at else v
+                                  for i, v in enumerate(value))
+        elif shape == "map":
+            at = {rest[0]: site for rest, site in sub}
+            changes[attr] = {k: _render(at[k], render) if k in at else v
+                             for k, v in value.items()}
+        elif isinstance(value, tuple):
+            by_index: dict[int, list[tuple[tuple[str | int, ...], Site]]] = {}
+            for rest, site in sub:
+                by_index.setdefault(int(rest[0]), []).append((rest[1:], site))
+            changes[attr] = tuple(_rebuild(v, by_index[i], render) if i in by_index else v
+                                  for i, v in enumerate(value))
+        else:
+            changes[attr] = _rebuild(value, sub, render)
+        leaf = leaf or shape != "nested"
     if leaf:
-        return dataclasses.replace(resource, **changes)
-    cls: type = type(resource)
+        checks = _field_checks(cls)
+        try:
+            if checks is None:
+                return dataclasses.replace(obj, **changes)
+            for attr, check in checks.items():
+                if attr in changes:
+                    changes[attr] = check.validate_python(changes[attr])
+        except ValidationError:
+            # Name the fields, never the values: they are resolved secrets now.
+            fields = sorted({site.path for sub in groups.values() for _rest, site in sub})
+            raise InvalidAfterResolving(", ".join(fields)) from None
     copied: Any = object.__new__(cls)
     for attr in _slots(cls):
         # Frozen models: setting on a copy nobody else holds yet is safe.
         object.__setattr__(copied, attr, changes[attr] if attr in changes
-                           else getattr(resource, attr))
+                           else getattr(obj, attr))
     return copied
+
+
+def _render(site: Site, render: Callable[[str], str]) -> str:
+    try:
+        return render(site.text)
+    except ReferenceError_ as exc:
+        raise ReferenceError_(f"{site.path}: {exc}") from None
+
+
+class InvalidAfterResolving(ValueError):
+    """A resolved value that its field does not take (the message names the fields only)."""
+
+
+@cache
+def _field_checks(cls: type) -> dict[str, TypeAdapter[Any]] | None:
+    """A validator per referable field of `cls`: re-validating a resolved value alone costs a
+    tenth of rebuilding the whole model. None when the model has validators of its own, which
+    only a rebuild runs."""
+    decorators = getattr(cls, "__pydantic_decorators__", None)
+    if decorators is None or decorators.model_validators or decorators.field_validators:
+        return None
+    checks: dict[str, TypeAdapter[Any]] = {}
+    for attr, _name, shape in _plan_of(cls):
+        if shape == "nested":
+            continue
+        info = cls.__pydantic_fields__[attr]  # type: ignore[attr-defined]
+        annotation = info.annotation
+        if info.metadata:
+            annotation = typing.Annotated[(annotation, *info.metadata)]
+        checks[attr] = TypeAdapter(annotation)
+    return checks
 
 
 @cache
 def _slots(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def _resolve_field(value: Any, shape: Shape, render: Callable[[str], str]) -> Any:
-    if shape == "str":
-        return render(value) if has_refs(value) else value
-    if shape == "seq":
-        if not any(has_refs(v) for v in value):
-            return value
-        out = []
-        for i, v in enumerate(value):
-            try:
-                out.append(render(v) if has_refs(v) else v)
-            except ReferenceError_ as exc:
-                raise ReferenceError_(f"[{i}]: {exc}") from None
-        return tuple(out)
-    if shape == "map":
-        if not any(has_refs(v) for v in value.values()):
-            return value
-        resolved = {}
-        for k, v in value.items():
-            try:
-                resolved[k] = render(v) if has_refs(v) else v
-            except ReferenceError_ as exc:
-                raise ReferenceError_(f"{k}: {exc}") from None
-        return resolved
-    if isinstance(value, tuple):
-        items = []
-        for i, item in enumerate(value):
-            try:
-                items.append(resolve(item, render) if _plan(type(item)) else item)
-            except ReferenceError_ as exc:
-                raise ReferenceError_(f"[{i}].{exc}") from None
-        changed = any(a is not b for a, b in zip(items, value, strict=True))
-        return tuple(items) if changed else value
-    return resolve(value, render) if _plan(type(value)) else value
 
 
 def misplaced(doc: Any, allowed: set[str], path: str = "") -> Iterator[str]:
