@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from control_plane.errors import Forbidden, Unauthorized
@@ -140,8 +141,9 @@ Who = Annotated[Principal, Depends(_principal)]
 
 def check_routes(app: FastAPI) -> None:
     """Every route has a rule and every rule a route: a new route cannot skip authorization."""
-    routes = {(method.upper(), path) for path, ops in app.openapi()["paths"].items()
-              for method in ops}
+    # Computed afresh: app.openapi() caches, and would miss a route added after the first call.
+    spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    routes = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops}
     missing = sorted(routes - ROUTES.keys())
     stale = sorted(ROUTES.keys() - routes)
     if missing or stale:
