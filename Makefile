@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up test bench lint clean
+.PHONY: up test bench fuzz lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -23,6 +23,12 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "installing wrk (load generator)"; \
 		(apt-get install -y wrk || (apt-get update && apt-get install -y wrk)) >/dev/null; }
 	$(PY) -m bench
+
+# The fuzz targets of the suite (tests/fuzz) with 10,000 cases each (WH_FUZZ_EXAMPLES=N to
+# change), a random seed, and the case counts and timings at the end.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider --timeout=0 \
+		--hypothesis-show-statistics tests/fuzz
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

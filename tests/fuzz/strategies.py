@@ -14,6 +14,7 @@ the schema into the deeper checks (references, tenancy, the final-state checks, 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ small_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), m
 label_key = st.from_regex(r"[a-z]([a-z0-9./-]{0,14}[a-z0-9])?", fullmatch=True)
 
 
+@functools.cache
 def vault_ref(namespace: str = "acme") -> st.SearchStrategy[str]:
     path = st.sampled_from([f"{namespace}/gh", f"{namespace}/api", f"{namespace}/a/b-c_d.e@f"])
     field = st.sampled_from(["secret", "token", "webhook_secret", "k.1"])
@@ -55,6 +57,7 @@ def vault_ref(namespace: str = "acme") -> st.SearchStrategy[str]:
 env_ref = st.sampled_from(["{$GH_SECRET}", "{$API_TOKEN:default}", "{$X_1}", "pre{$GH_SECRET}"])
 
 
+@functools.cache
 def secret_value(namespace: str, env: bool) -> st.SearchStrategy[Any]:
     one = st.one_of(vault_ref(namespace), env_ref) if env else vault_ref(namespace)
     return st.one_of(one, st.lists(one, min_size=1, max_size=3))
@@ -62,6 +65,7 @@ def secret_value(namespace: str, env: bool) -> st.SearchStrategy[Any]:
 
 # --- Namespace -------------------------------------------------------------------------------
 
+@functools.cache
 @st.composite
 def namespace_doc(draw: st.DrawFn, name: st.SearchStrategy[str] | None = None) -> Doc:
     spec: Doc = {}
@@ -79,6 +83,7 @@ def namespace_doc(draw: st.DrawFn, name: st.SearchStrategy[str] | None = None) -
     return doc
 
 
+@functools.cache
 @st.composite
 def metadata(draw: st.DrawFn, name: st.SearchStrategy[str], namespace: str | None) -> Doc:
     meta: Doc = {"name": draw(name)}
@@ -100,6 +105,7 @@ public_urls = st.sampled_from([
 header_names = st.sampled_from(["Authorization", "X-Api-Key", "X-Trace", "Accept", "X-Token"])
 
 
+@functools.cache  # one strategy object per arguments: hypothesis validates it once
 @st.composite
 def http_connection_spec(draw: st.DrawFn, namespace: str, env: bool) -> Doc:
     spec: Doc = {"type": "http", "url": draw(public_urls)}
@@ -113,6 +119,7 @@ def http_connection_spec(draw: st.DrawFn, namespace: str, env: bool) -> Doc:
     return spec
 
 
+@functools.cache
 @st.composite
 def redis_connection_spec(draw: st.DrawFn, namespace: str, env: bool) -> Doc:
     spec: Doc = {"type": "redis",
@@ -128,6 +135,7 @@ def redis_connection_spec(draw: st.DrawFn, namespace: str, env: bool) -> Doc:
     return spec
 
 
+@functools.cache
 @st.composite
 def connection_doc(draw: st.DrawFn, namespace: str | None = None,
                    name: st.SearchStrategy[str] | None = None) -> Doc:
@@ -148,6 +156,7 @@ SCHEMES = ("github", "gitlab", "stripe", "slack", "shopify", "standard", "twilio
 TIMED = {"stripe", "slack", "standard", "zoom", "hmac"}
 
 
+@functools.cache
 @st.composite
 def verify_spec(draw: st.DrawFn, namespace: str, env: bool) -> Doc:
     scheme = draw(st.sampled_from(SCHEMES))
@@ -194,6 +203,7 @@ def verify_spec(draw: st.DrawFn, namespace: str, env: bool) -> Doc:
     return spec
 
 
+@functools.cache
 @st.composite
 def step_doc(draw: st.DrawFn, namespace: str, tenant: bool) -> Doc:
     modules = ["log", "http", "redis_stream", "redis_publish"] + ([] if tenant else ["file"])
@@ -239,6 +249,7 @@ payload_schemas = st.sampled_from([
 ])
 
 
+@functools.cache
 @st.composite
 def webhook_doc(draw: st.DrawFn, namespace: str | None = None, tenant: bool = False,
                 name: st.SearchStrategy[str] | None = None) -> Doc:
@@ -271,6 +282,7 @@ def webhook_doc(draw: st.DrawFn, namespace: str | None = None, tenant: bool = Fa
             "metadata": draw(metadata(name or hook_names, ns)), "spec": spec}
 
 
+@functools.cache
 def any_doc(namespace: str | None = None) -> st.SearchStrategy[Doc]:
     return st.one_of(webhook_doc(namespace), connection_doc(namespace),
                      namespace_doc() if namespace is None else namespace_doc(st.just(namespace)))
@@ -278,6 +290,7 @@ def any_doc(namespace: str | None = None) -> st.SearchStrategy[Doc]:
 
 # --- tenant documents and what a tenant may not write ------------------------------------------
 
+@functools.cache
 @st.composite
 def tenant_doc(draw: st.DrawFn, namespace: str = "acme") -> Doc:
     """A document namespace `namespace`'s token may write, by the tenant rules of
