@@ -16,7 +16,8 @@ history record travels inside the generation, so the swap publishes both at once
 A crash may stop an apply between any two steps; whatever it leaves is repaired by the next
 apply, and at start:
 
-- before the rename: a `..tmp-*` directory nobody reads, removed once it is an hour old;
+- before the rename: a `..tmp-*` directory nobody reads (or a `.tmp-*` file next to a history or
+  token record), removed once it is an hour old;
 - after the rename, before the swap: a generation newer than `..data`, never published: removed,
   so the next apply can take its revision;
 - a leftover `..data-N` link of an interrupted swap: removed;
@@ -161,9 +162,15 @@ class DirStore:
         for old in gens[:-KEEP_GENERATIONS]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
-        for stale in self.root.glob("..tmp-*"):
-            if time.time() - stale.stat().st_mtime > 3600:
-                shutil.rmtree(stale, ignore_errors=True)
+        # Left by a crash mid-write; an hour old, no writer can still be at it.
+        stale = [*self.root.glob("..tmp-*"), *self.root.glob("*/.tmp-*")]
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):  # another process got there first
+                if time.time() - path.stat().st_mtime > 3600:
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink()
 
     # -- history, gateways, tokens ------------------------------------------------------------
 
