@@ -19,12 +19,11 @@ from control_plane.routes import ROUTERS
 from control_plane.service import ControlPlane
 from control_plane.settings import ApiLimits
 from control_plane.store import Store
-from control_plane.tokens import CACHE_S, Tokens
+from control_plane.tokens import Tokens
 
 
 def create_api(store: Store, admin_token: str | None, allow_plaintext_secrets: bool = False,
-               *, max_request_bytes: int | None = None,
-               token_cache_s: float = CACHE_S) -> FastAPI:
+               *, max_request_bytes: int | None = None) -> FastAPI:
     """The app over `store`; `max_request_bytes` defaults to WH_MAX_REQUEST_BYTES or 16 MiB."""
 
     @asynccontextmanager
@@ -37,7 +36,7 @@ def create_api(store: Store, admin_token: str | None, allow_plaintext_secrets: b
     app = FastAPI(title="whplane control plane", version="1", lifespan=lifespan,
                   dependencies=[Depends(authorize)])
     app.state.control_plane = ControlPlane(store, allow_plaintext_secrets)
-    app.state.tokens = Tokens(store, admin_token, token_cache_s)
+    app.state.tokens = Tokens(store, admin_token)
     app.state.metrics = ApiMetrics()
     app.state.max_request_bytes = (max_request_bytes if max_request_bytes is not None
                                    else ApiLimits().max_request_bytes)

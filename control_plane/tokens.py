@@ -72,10 +72,6 @@ class Tokens:
         self._cache: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
         self._cache_s = cache_s
 
-    @property
-    def cache_s(self) -> float:
-        return self._cache_s
-
     async def authenticate(self, token: str) -> Principal | None:
         if self._admin is not None and hmac.compare_digest(token.encode(), self._admin):
             return Principal("admin", None)
