@@ -42,16 +42,37 @@ def gateway(
     gateway_id: Annotated[str | None, typer.Option(help="[env WH_GATEWAY_ID]")] = None,
     log_json: Annotated[bool | None, typer.Option("--log-json/--log-text",
                                                   help="[env WH_LOG_JSON]")] = None,
+    max_concurrent_requests: Annotated[int | None, typer.Option(
+        help="webhook requests handled at once, body reads not counted "
+             "[env WH_MAX_CONCURRENT_REQUESTS, default 1000]")] = None,
+    max_connections: Annotated[int | None, typer.Option(
+        help="open connections per process [env WH_MAX_CONNECTIONS, default 4096]")] = None,
+    max_connections_per_ip: Annotated[int | None, typer.Option(
+        help="open connections per peer address, 0 for no cap "
+             "[env WH_MAX_CONNECTIONS_PER_IP, default 256]")] = None,
+    max_header_bytes: Annotated[int | None, typer.Option(
+        help="request line and headers [env WH_MAX_HEADER_BYTES, default 65536]")] = None,
+    header_timeout_s: Annotated[float | None, typer.Option(
+        help="seconds for a request's head [env WH_HEADER_TIMEOUT_S, default 10]")] = None,
+    body_timeout_s: Annotated[float | None, typer.Option(
+        help="seconds for a request's body [env WH_BODY_TIMEOUT_S, default 30]")] = None,
+    keepalive_timeout_s: Annotated[float | None, typer.Option(
+        help="seconds an idle connection is kept [env WH_KEEPALIVE_TIMEOUT_S, default 5]")] = None,
 ) -> None:
     """Serve webhooks from the shared config."""
     import uvicorn
 
-    from data_plane.app import create_app
+    from data_plane.app import create_app, server_options
     from data_plane.logs import configure
     from data_plane.settings import GatewaySettings
 
     flags = _given(config=config, port=port, host=host, workers=workers, state_dir=state_dir,
-                   redis_url=redis_url, gateway_id=gateway_id, log_json=log_json)
+                   redis_url=redis_url, gateway_id=gateway_id, log_json=log_json,
+                   max_concurrent_requests=max_concurrent_requests,
+                   max_connections=max_connections,
+                   max_connections_per_ip=max_connections_per_ip,
+                   max_header_bytes=max_header_bytes, header_timeout_s=header_timeout_s,
+                   body_timeout_s=body_timeout_s, keepalive_timeout_s=keepalive_timeout_s)
     try:
         settings = GatewaySettings(**flags)
     except ValidationError as exc:
@@ -62,17 +83,15 @@ def gateway(
         # Each process builds its own gateway from the environment: hand the flags on there.
         for key, value in flags.items():
             os.environ[f"WH_{key.upper()}"] = str(value)
-        uvicorn.run("data_plane.app:app_from_env", factory=True, host=settings.host,
-                    port=settings.port, workers=settings.workers, log_config=None,
-                    access_log=False)
+        uvicorn.run("data_plane.app:app_from_env", factory=True, workers=settings.workers,
+                    **server_options(settings))
         return
     try:
         application = create_app(settings)
     except ValueError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None,
-                access_log=False, lifespan="on")
+    uvicorn.run(application, lifespan="on", **server_options(settings))
 
 
 @app.command()

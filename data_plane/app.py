@@ -1,6 +1,6 @@
 """The gateway's ASGI app: the webhook route as plain ASGI (the hot path), everything else
 (`/healthz`, `/readyz`, `/status`, `/metrics`) through FastAPI, with one lifespan that starts
-and stops the `Gateway`."""
+and stops the `Gateway`; and how uvicorn must serve it (`server_options`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
+from data_plane.edge import EdgeGuard, EdgeLimits
 from data_plane.gateway import Gateway
 from data_plane.ingest import Ingest
 from data_plane.metrics import CONTENT_TYPE
@@ -26,17 +28,20 @@ class GatewayApp:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.ingest = Ingest(gateway)
-        self.api = _api(gateway)
+        settings = gateway.settings
+        self.ingest = Ingest(gateway, max_concurrent=settings.max_concurrent_requests)
+        # Read by data_plane.edge.EdgeProtocol, the connection layer uvicorn runs this app on.
+        self.edge = EdgeGuard(edge_limits(settings), lambda: gateway.holder.current.revision)
+        self.api = _api(gateway, self.edge)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(WEBHOOK_PREFIX):
             await self.ingest(scope, receive, send)
         else:
             await self.api(scope, receive, send)
 
 
-def _api(gw: Gateway) -> FastAPI:
+def _api(gw: Gateway, edge: EdgeGuard) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
@@ -65,7 +70,7 @@ def _api(gw: Gateway) -> FastAPI:
 
     @api.get("/status")
     async def status() -> dict[str, Any]:
-        return gw.status()
+        return {**gw.status(), "edge": edge.stats()}
 
     @api.get("/metrics")
     async def metrics() -> Response:
@@ -74,12 +79,46 @@ def _api(gw: Gateway) -> FastAPI:
     return api
 
 
+def edge_limits(settings: GatewaySettings) -> EdgeLimits:
+    return EdgeLimits(
+        max_connections=settings.max_connections,
+        max_connections_per_ip=settings.max_connections_per_ip,
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        keepalive_timeout_s=settings.keepalive_timeout_s,
+    )
+
+
+def server_options(settings: GatewaySettings) -> dict[str, Any]:
+    """uvicorn options for serving the gateway, this factory's processes included.
+
+    Proxy headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 and
+    rewrite the client address before `ip_allow` sees it; only a webhook's `trusted_proxies`
+    may vouch for a forwarded address. No `limit_concurrency`: it counts idle and trickling
+    connections, which would let them refuse everyone; `EdgeProtocol` caps those instead.
+    """
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "http": "data_plane.edge:EdgeProtocol",
+        "proxy_headers": False,
+        "timeout_keep_alive": settings.keepalive_timeout_s,
+        "log_config": None,
+        "access_log": False,
+    }
+
+
 def create_app(settings: GatewaySettings, env: Mapping[str, str] | None = None) -> GatewayApp:
     return GatewayApp(Gateway(settings, dict(os.environ) if env is None else env))
 
 
 def app_from_env() -> GatewayApp:
-    """Factory for `uvicorn --factory` (several worker processes): settings from `WH_*`."""
+    """Factory for `uvicorn --factory` (several worker processes): settings from `WH_*`.
+
+    Serve it with `server_options` (as `whplane gateway --workers N` does): a bare
+    `uvicorn --factory` trusts X-Forwarded-For from loopback and runs without the edge limits.
+    """
     settings = GatewaySettings()
     if settings.workers > 1 and "gateway_id" in settings.model_fields_set:
         # Each process registers and consumes on its own: an id given to all would collide.

@@ -122,7 +122,6 @@ class Gateway:
                                          lambda: self._worker_stat("reclaimed")),
         })  # fmt: skip
         self._tasks: list[asyncio.Task[Any]] = []
-        self.inflight = 0  # webhook requests being handled (bounded by max_concurrent_requests)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -188,7 +187,7 @@ class Gateway:
         reachable = self.secrets.status.reachable
         return None if reachable is None else float(reachable)
 
-    # -- used by the hot path ---------------------------------------------------------------
+    # -- used by the hot path (data_plane.ingest.IngestHost) ----------------------------------
 
     async def rate_limited(
         self, ns: str, name: str, hook: Webhook, namespace: Namespace | None

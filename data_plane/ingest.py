@@ -1,10 +1,16 @@
 """`POST /webhook/{namespace}/{name}`: the hot path, as a plain ASGI app.
 
 One snapshot is read at the start and used to the end; its revision goes out in
-`X-Whplane-Revision` on every answer. Order of checks: method and load, lookup, declared size,
-body (read as a stream and cut at the limit), verification, rate limits (after verification,
-so unsigned floods cannot use up a sender's limit), payload checks, then delivery: the chain
-in `sync` mode, or a durable enqueue in `async` mode (202 only once Redis holds it).
+`X-Whplane-Revision` on every answer. The stages, in order: admit (ready, method, load),
+lookup, read the body (declared size first, then a stream cut at the limit), verify, rate
+limits (after verification, so unsigned floods cannot use up a sender's limit), payload checks,
+then deliver: the chain in `sync` mode, or a durable enqueue in `async` mode (202 only once
+Redis holds it). A stage that refuses raises `_Refused`, answered in one place.
+
+`max_concurrent_requests` counts requests from the end of their body read to their answer.
+Reading a body is the part an anonymous sender controls the length of; it is bounded at the
+connection layer instead (data_plane/edge.py: a deadline, per-peer and per-process caps), so
+trickling senders cannot use up the budget signed senders are served from.
 """
 
 from __future__ import annotations
@@ -14,203 +20,307 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from starlette.types import Receive, Scope, Send
 
 from data_plane.chain import run_chain
+from data_plane.clients import Clients
+from data_plane.compiled import CompiledWebhook
 from data_plane.delivery import Delivery
 from data_plane.logs import request_id as request_id_var
-from data_plane.queue import Backpressure
+from data_plane.metrics import GatewayMetrics
+from data_plane.queue import Backpressure, DeliveryQueue
 from data_plane.verify import Answer, Inbound, VerifyFailed
-
-if TYPE_CHECKING:
-    from data_plane.gateway import Gateway
+from providers.resources import Namespace, Webhook
+from providers.snapshot import Endpoint, Snapshot
+from providers.verify_spec import ApiKey
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
 _PATH = re.compile(r"^/webhook/([a-z0-9][a-z0-9-]{0,62})/([a-z0-9][a-z0-9-]{0,62})/?$")
 _JSON_TOKENS = re.compile(rb'["{}\[\]\\]')
+_JSON_START = re.compile(rb"[ \t\r\n]*[\[{]")
+# A caller's X-Request-Id is kept only if it is short and cannot forge anything in a log line
+# or a header; otherwise the request gets a fresh one.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+_UNKNOWN = "_unknown"  # the metrics namespace of requests refused before the lookup
 # Never copied into a queued delivery: credentials, not content.
 _PRIVATE_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "x-gitlab-token", "host",
     "content-length", "connection", "transfer-encoding", "keep-alive",
 })  # fmt: skip
+_CLOSE = (b"connection", b"close")
 
 
-class TooLarge(Exception):
-    pass
+class Snapshots(Protocol):
+    @property
+    def current(self) -> Snapshot: ...
+    @property
+    def ready(self) -> bool: ...
+
+
+class Compiler(Protocol):
+    def get(self, webhook: Webhook) -> CompiledWebhook: ...
+
+
+class IngestHost(Protocol):
+    """What the hot path uses of the gateway (`data_plane.gateway.Gateway` is one)."""
+
+    @property
+    def holder(self) -> Snapshots: ...
+    @property
+    def compiled(self) -> Compiler: ...
+    @property
+    def metrics(self) -> GatewayMetrics: ...
+    @property
+    def clients(self) -> Clients: ...
+    @property
+    def queue(self) -> DeliveryQueue | None: ...
+
+    def ids(self) -> str: ...
+
+    async def rate_limited(
+        self, ns: str, name: str, hook: Webhook, namespace: Namespace | None
+    ) -> float | None: ...
+
+    async def first_time(self, ns: str, name: str, key: str, window_s: float) -> bool: ...
+
+    async def forget(self, ns: str, name: str, key: str) -> None: ...
+
+
+class _Refused(Exception):
+    """A stage's refusal: the answer to send and the outcome to count."""
+
+    __slots__ = ("body", "extra", "namespace", "outcome", "retry_after", "status")
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        outcome: str,
+        namespace: str = _UNKNOWN,
+        retry_after: float | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.status, self.body, self.outcome = status, {"error": error}, outcome
+        self.namespace, self.retry_after, self.extra = namespace, retry_after, extra
+
+
+class _Gone(Exception):
+    """The sender went away (or the edge cut a late body): nobody to answer."""
+
+
+class _Request:
+    """What the stages learn about one request, in the order they learn it."""
+
+    __slots__ = ("body", "compiled", "endpoint", "headers", "hook", "name", "ns", "rid",
+                 "scope", "snap")  # fmt: skip
+
+    def __init__(self, scope: Scope, rid: str, snap: Snapshot) -> None:
+        self.scope, self.rid, self.snap = scope, rid, snap
+        self.ns = self.name = ""
+        self.endpoint: Endpoint
+        self.hook: Webhook
+        self.compiled: CompiledWebhook
+        self.body = b""
+        self.headers: dict[str, str] = {}
 
 
 class Ingest:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+    def __init__(self, host: IngestHost, max_concurrent: int) -> None:
+        self.host = host
+        self.max_concurrent = max_concurrent
+        self.working = 0  # requests past their body read, not yet answered
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        rid = _header(scope, b"x-request-id") or self.gw.ids()
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = _request_id(scope) or self.host.ids()
         token = request_id_var.set(rid)
-        started = time.perf_counter()
-        self.gw.inflight += 1
         try:
-            await self._handle(scope, receive, send, rid, started)
+            await self._handle(scope, receive, send, rid)
         finally:
-            self.gw.inflight -= 1
             request_id_var.reset(token)
 
-    async def _handle(self, scope: Scope, receive: Any, send: Any, rid: str, t0: float) -> None:
-        gw = self.gw
-        snap = gw.holder.current
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+        t0 = time.perf_counter()
+        snap = self.host.holder.current
         reply = _Reply(send, rid, snap.revision)
-        if not gw.holder.ready:
-            await reply.json(503, {"error": "not ready: no config loaded yet"}, retry_after=1)
-            return
-        if scope["method"] != "POST":  # before the lookup: a GET must not reveal names
-            gw.metrics.request("_unknown", "bad_method")
-            await reply.json(405, {"error": "use POST"}, extra=[(b"allow", b"POST")])
-            return
-        if gw.inflight >= gw.settings.max_concurrent_requests:
-            gw.metrics.request("_unknown", "overloaded")
-            await reply.json(503, {"error": "overloaded"}, retry_after=1)
-            return
-        m = _PATH.match(scope["path"])
-        endpoint = snap.endpoint(m.group(1), m.group(2)) if m else None
-        if endpoint is None:
-            gw.metrics.request("_unknown", "not_found")
-            await reply.json(404, {"error": "no such webhook"})
-            return
-        ns, name = m.group(1), m.group(2)  # type: ignore[union-attr]
-        hook = endpoint.webhook
-
-        def outcome(label: str) -> None:
-            gw.metrics.request(ns, label)
-
-        compiled = gw.compiled.get(hook)
-        if compiled.verifier is None:
-            outcome("misconfigured")
-            await reply.json(500, {"error": f"webhook misconfigured: {compiled.error}"})
-            return
-
-        limits = hook.spec.limits
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            outcome("too_large")
-            await reply.json(413, {"error": f"body over {limits.max_body_bytes} bytes"})
-            return
-
+        req = _Request(scope, rid, snap)
         try:
-            body = await _read_body(receive, limits.max_body_bytes)
-        except TooLarge:
-            outcome("too_large")
-            await reply.json(413, {"error": f"body over {limits.max_body_bytes} bytes"})
-            return
+            self._admit(scope)
+            self._lookup(req)
+            await self._read_body(req, receive)
+            if self.working >= self.max_concurrent:
+                raise _Refused(503, "overloaded", "overloaded", retry_after=1)
+            self.working += 1
+            try:
+                await self._process(req, reply, t0)
+            finally:
+                self.working -= 1
+        except _Refused as refused:
+            self.host.metrics.request(refused.namespace, refused.outcome)
+            await reply.json(refused.status, refused.body, refused.retry_after, refused.extra)
+        except _Gone:
+            self.host.metrics.request(req.ns or _UNKNOWN, "disconnected")
 
-        headers = _headers(scope)
+    async def _process(self, req: _Request, reply: _Reply, t0: float) -> None:
+        answer = self._verify(req)
+        if answer is not None:  # a handshake the sender expects an answer to
+            self.host.metrics.request(req.ns, "challenge")
+            await reply.raw(answer)
+            return
+        await self._limit(req)
+        self._check_payload(req)
+        await self._deliver(req, reply, t0)
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _admit(self, scope: Scope) -> None:
+        if not self.host.holder.ready:
+            raise _Refused(503, "not ready: no config loaded yet", "unavailable", retry_after=1)
+        if scope["method"] != "POST":  # before the lookup: a GET must not reveal names
+            raise _Refused(405, "use POST", "bad_method", extra=[(b"allow", b"POST")])
+        # Shed early, before reading a body that could not be handled anyway.
+        if self.working >= self.max_concurrent:
+            raise _Refused(503, "overloaded", "overloaded", retry_after=1)
+
+    def _lookup(self, req: _Request) -> None:
+        m = _PATH.match(req.scope["path"])
+        endpoint = req.snap.endpoint(m.group(1), m.group(2)) if m else None
+        if m is None or endpoint is None:
+            raise _Refused(404, "no such webhook", "not_found")
+        req.ns, req.name = m.group(1), m.group(2)
+        req.endpoint, req.hook = endpoint, endpoint.webhook
+        req.compiled = self.host.compiled.get(req.hook)
+        if req.compiled.verifier is None:
+            raise _Refused(500, f"webhook misconfigured: {req.compiled.error}", "misconfigured",
+                           req.ns)
+
+    async def _read_body(self, req: _Request, receive: Receive) -> None:
+        limit = req.hook.spec.limits.max_body_bytes
+        declared = _header(req.scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            # The body stays unread: close rather than leave it to be read and thrown away.
+            raise _Refused(413, f"body over {limit} bytes", "too_large", req.ns, extra=[_CLOSE])
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body = message.get("body", b"")  # the usual case: all of it arrived with the head
+        else:
+            body = await _read_rest(receive, message, limit)
+        if len(body) > limit:
+            raise _Refused(413, f"body over {limit} bytes", "too_large", req.ns, extra=[_CLOSE])
+        req.body = body
+
+    def _verify(self, req: _Request) -> Answer | None:
+        scope, verify = req.scope, req.hook.spec.verify
+        headers = req.headers = _headers(scope)
         inbound = Inbound(
             method="POST",
-            # Only Twilio signs the URL: skip building it for everyone else.
-            url=_url(scope, headers) if hook.spec.verify.scheme == "twilio" else "",
+            # Only these sign (or carry a key in) the URL: skip building it for everyone else.
+            url=_url(scope, headers) if _reads_url(verify) else "",
             headers=headers,
-            body=body,
+            body=req.body,
             client_ip=_client_ip(scope),
             now=time.time(),
         )
+        assert req.compiled.verifier is not None  # checked by the lookup
         try:
-            answer = compiled.verifier(inbound)
+            return req.compiled.verifier(inbound)
         except VerifyFailed as exc:
-            outcome("unauthorized")
-            gw.metrics.verify_failures.labels(ns, hook.spec.verify.scheme).inc()
-            log.info("verification failed for %s/%s: %s", ns, name, exc.reason)
-            await reply.json(401, {"error": "verification failed"})
-            return
-        if answer is not None:  # a handshake the sender expects an answer to
-            outcome("challenge")
-            await reply.raw(answer)
-            return
+            self.host.metrics.verify_failures.labels(req.ns, verify.scheme).inc()
+            log.info("verification failed for %s/%s: %s", req.ns, req.name, exc.reason)
+            raise _Refused(401, "verification failed", "unauthorized", req.ns) from None
 
-        # After verification: unsigned floods must not use up a legitimate sender's limit.
-        retry_after = (
-            await gw.rate_limited(ns, name, hook, endpoint.namespace)
-            if limits.rate_per_second is not None
-            or (endpoint.namespace is not None
-                and endpoint.namespace.spec.limits.rate_per_second is not None)
-            else None
-        )
+    async def _limit(self, req: _Request) -> None:
+        hook, namespace = req.hook, req.endpoint.namespace
+        if hook.spec.limits.rate_per_second is None and (
+            namespace is None or namespace.spec.limits.rate_per_second is None
+        ):
+            return
+        retry_after = await self.host.rate_limited(req.ns, req.name, hook, namespace)
         if retry_after is not None:
-            outcome("rate_limited")
-            await reply.json(429, {"error": "rate limit exceeded"}, retry_after=retry_after)
-            return
+            raise _Refused(429, "rate limit exceeded", "rate_limited", req.ns,
+                           retry_after=retry_after)
 
-        is_json = "json" in headers.get("content-type", "")
-        if is_json and _too_deep(body, limits.max_json_depth):
-            outcome("bad_request")
-            await reply.json(400, {"error": f"JSON nested deeper than {limits.max_json_depth}"})
-            return
-        if compiled.payload_check is not None:
+    def _check_payload(self, req: _Request) -> None:
+        depth = req.hook.spec.limits.max_json_depth
+        if _looks_like_json(req.headers.get("content-type"), req.body) and _too_deep(
+            req.body, depth
+        ):
+            raise _Refused(400, f"JSON nested deeper than {depth}", "bad_request", req.ns)
+        check = req.compiled.payload_check
+        if check is not None:
             try:
-                compiled.payload_check(body)
+                check(req.body)
             except VerifyFailed as exc:
-                outcome("bad_request")
-                await reply.json(422, {"error": f"payload rejected: {exc.reason}"})
-                return
+                raise _Refused(422, f"payload rejected: {exc.reason}", "bad_request",
+                               req.ns) from None
 
-        delivery_spec = hook.spec.delivery
+    async def _deliver(self, req: _Request, reply: _Reply, t0: float) -> None:
+        host, ns, name = self.host, req.ns, req.name
+        spec = req.hook.spec.delivery
         dedupe_key = None
-        if delivery_spec.idempotency_header:
-            dedupe_key = headers.get(delivery_spec.idempotency_header.lower())
-            window = delivery_spec.idempotency_window_s
-            if dedupe_key and not await gw.first_time(ns, name, dedupe_key, window):
-                outcome("duplicate")
+        if spec.idempotency_header:
+            dedupe_key = req.headers.get(spec.idempotency_header.lower())
+            window = spec.idempotency_window_s
+            if dedupe_key and not await host.first_time(ns, name, dedupe_key, window):
+                host.metrics.request(ns, "duplicate")
                 await reply.json(200, {"status": "duplicate", "delivery": dedupe_key})
                 return
 
-        forwarded = {k: v for k, v in headers.items() if k not in _PRIVATE_HEADERS}
-        if hook.spec.verify.scheme == "api_key":
-            forwarded.pop(hook.spec.verify.name.lower(), None)
-        delivery = Delivery(ns, name, body, forwarded, snap.revision, id=gw.ids(), request_id=rid)
-
-        if delivery_spec.mode == "async":
-            if gw.queue is None:
-                outcome("unavailable")
-                await reply.json(503, {"error": "async delivery needs Redis (WH_REDIS_URL)"},
-                                 retry_after=5)
-                return
-            try:
-                await gw.queue.enqueue(delivery)
-            except Exception as exc:
-                if dedupe_key:  # not queued: the sender's retry must not look like a repeat
-                    await gw.forget(ns, name, dedupe_key)
-                if isinstance(exc, Backpressure):
-                    outcome("overloaded")
-                    await reply.json(503, {"error": "backlog full"},
-                                     retry_after=max(1, round(exc.retry_after_s)))
-                    return
-                outcome("unavailable")  # Redis down: nothing queued, so the sender retries
-                log.warning("enqueue failed for %s/%s: %s", ns, name, exc)
-                await reply.json(503, {"error": "queue unavailable"}, retry_after=5)
-                return
-            outcome("queued")
-            gw.metrics.took("async", time.perf_counter() - t0)
+        forwarded = {k: v for k, v in req.headers.items() if k not in _PRIVATE_HEADERS}
+        verify = req.hook.spec.verify
+        if isinstance(verify, ApiKey) and verify.location == "header":
+            forwarded.pop(verify.name.lower(), None)
+        delivery = Delivery(ns, name, req.body, forwarded, req.snap.revision, id=host.ids(),
+                            request_id=req.rid)
+        if spec.mode == "async":
+            await self._enqueue(req, delivery, dedupe_key)
+            host.metrics.request(ns, "queued")
+            host.metrics.took("async", time.perf_counter() - t0)
             await reply.body(202, b'{"id":"%s"}' % delivery.id.encode())
             return
 
-        result = await run_chain(endpoint, delivery, gw.clients)
+        result = await run_chain(req.endpoint, delivery, host.clients)
         if result.ok:
-            outcome("delivered")
-            gw.metrics.delivery(ns, "sync", "ok")
-            gw.metrics.took("sync", time.perf_counter() - t0)
+            host.metrics.request(ns, "delivered")
+            host.metrics.delivery(ns, "sync", "ok")
+            host.metrics.took("sync", time.perf_counter() - t0)
             await reply.body(200, b'{"id":"%s","status":"delivered"}' % delivery.id.encode())
             return
-        outcome("failed")
+        host.metrics.request(ns, "failed")
         if dedupe_key:
-            await gw.forget(ns, name, dedupe_key)
-        gw.metrics.delivery(ns, "sync", "failed")
-        log.warning("sync delivery failed for %s/%s: %s", ns, name, result.error)
-        await reply.json(502, {"id": delivery.id, "error": str(result.error)})
+            await host.forget(ns, name, dedupe_key)
+        host.metrics.delivery(ns, "sync", "failed")
+        # The sender learns that it failed, never where or why: destinations, addresses and
+        # the SSRF guard's verdicts are the operator's (this log line, with the request id).
+        log.warning("sync delivery %s failed for %s/%s: %s", delivery.id, ns, name, result.error)
+        await reply.json(502, {"id": delivery.id, "status": "failed", "error": "delivery failed",
+                               "request_id": req.rid})
+
+    async def _enqueue(self, req: _Request, delivery: Delivery, dedupe_key: str | None) -> None:
+        queue = self.host.queue
+        if queue is None:
+            raise _Refused(503, "async delivery needs Redis (WH_REDIS_URL)", "unavailable",
+                           req.ns, retry_after=5)
+        try:
+            await queue.enqueue(delivery)
+        except Exception as exc:
+            if dedupe_key:  # not queued: the sender's retry must not look like a repeat
+                await self.host.forget(req.ns, req.name, dedupe_key)
+            if isinstance(exc, Backpressure):
+                raise _Refused(503, "backlog full", "overloaded", req.ns,
+                               retry_after=max(1, round(exc.retry_after_s))) from None
+            log.warning("enqueue failed for %s/%s: %s", req.ns, req.name, exc)
+            # Redis down: nothing queued, so the sender retries.
+            raise _Refused(503, "queue unavailable", "unavailable", req.ns,
+                           retry_after=5) from None
 
 
 class _Reply:
     __slots__ = ("revision", "rid", "send")
 
-    def __init__(self, send: Any, rid: str, revision: int) -> None:
+    def __init__(self, send: Send, rid: str, revision: int) -> None:
         self.send, self.rid, self.revision = send, rid, revision
 
     async def json(
@@ -220,7 +330,7 @@ class _Reply:
         retry_after: float | None = None,
         extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
-        headers = extra or []
+        headers = list(extra) if extra else []
         if retry_after is not None:
             headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
         await self._send(status, json.dumps(body).encode(), b"application/json", headers)
@@ -248,20 +358,29 @@ class _Reply:
         await self.send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Any, limit: int) -> bytes:
+async def _read_rest(receive: Receive, first: Mapping[str, Any], limit: int) -> bytes:
+    """The rest of a body that did not come whole in the first message, cut past `limit`."""
+    message = first
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
-            raise TooLarge  # nothing to answer to; the caller's reply goes nowhere
-        chunk = message.get("body", b"")
+            raise _Gone
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise TooLarge
+            return b"".join(chunks) + chunk  # over the limit: the caller answers 413
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+        message = await receive()
+
+
+def _request_id(scope: Scope) -> str | None:
+    for k, v in scope["headers"]:
+        if k == b"x-request-id":
+            return v.decode("ascii") if _REQUEST_ID.fullmatch(v) else None
+    return None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -279,6 +398,12 @@ def _headers(scope: Scope) -> dict[str, str]:
     return out
 
 
+def _reads_url(verify: Any) -> bool:
+    """Whether the scheme needs the request URL: Twilio signs it, an `in: query` key is in it."""
+    scheme: str = verify.scheme
+    return scheme == "twilio" or (scheme == "api_key" and verify.location == "query")
+
+
 def _url(scope: Scope, headers: Mapping[str, str]) -> str:
     host = headers.get("host") or "localhost"
     query = scope.get("query_string", b"").decode("latin-1")
@@ -290,6 +415,13 @@ def _url(scope: Scope, headers: Mapping[str, str]) -> str:
 def _client_ip(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else ""
+
+
+def _looks_like_json(content_type: str | None, body: bytes) -> bool:
+    """JSON by its declared type (any case, `+json` too), or undeclared and opening like it."""
+    if content_type is None:
+        return _JSON_START.match(body) is not None
+    return "json" in content_type.lower()
 
 
 def _too_deep(body: bytes, limit: int) -> bool:

@@ -1,4 +1,10 @@
-"""Logging set-up: plain or JSON lines, with the request id of the current request on each line."""
+"""Logging set-up: plain or JSON lines, with the request id of the current request on each line.
+
+One event is one line in either format: a sender's text (a header, a path, an exception message
+quoting it) must not start a line of its own that reads like another logger's event. JSON
+escapes by itself; the text format escapes control characters, and indents the lines of a
+traceback so that none of them starts where an event's timestamp would.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -15,6 +22,37 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
         return True
+
+
+def escape(text: str) -> str:
+    """`text` with control characters (newlines included) written as escapes."""
+    if text.isprintable():
+        return text  # the usual case, checked in C
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    code = ord(c)
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (
+        f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
+        else f"\\U{code:08x}")
+
+
+class TextFormatter(logging.Formatter):
+    """One line per event; continuation lines (tracebacks) indented and escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape(line) for line in text.splitlines())
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,7 +78,7 @@ def configure(level: str = "info", json_lines: bool = False, prefix: str = "") -
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(TextFormatter(
             f"%(asctime)s {prefix}%(levelname)s %(name)s [%(request_id)s] %(message)s"
         ))
     root = logging.getLogger()

@@ -38,4 +38,20 @@ class GatewaySettings(BaseSettings):
     claim_idle_s: float = Field(default=30.0, gt=0)
     max_backlog: int = Field(default=100_000, ge=1)
     heartbeat_s: float = Field(default=5.0, gt=0)
-    max_concurrent_requests: int = Field(default=1000, ge=1)
+    max_concurrent_requests: int = Field(
+        default=1000, ge=1,
+        description="webhook requests past their body read and being handled at once; reading "
+                    "a body does not count, so slow senders cannot use the budget up")
+    # The edge (data_plane/edge.py): what a connection may cost before it has proved anything.
+    max_connections: int = Field(default=4096, ge=1, description="open connections per process")
+    max_connections_per_ip: int = Field(
+        default=256, ge=0,
+        description="open connections per peer address (IPv6: per /64); 0 for no cap, as "
+                    "behind a proxy every connection comes from the proxy")
+    max_header_bytes: int = Field(default=65536, ge=1024, description="request line + headers")
+    header_timeout_s: float = Field(default=10.0, gt=0,
+                                    description="first byte of a request to the end of its head")
+    body_timeout_s: float = Field(default=30.0, gt=0,
+                                  description="end of the head to the end of the body")
+    keepalive_timeout_s: float = Field(default=5.0, gt=0,
+                                       description="idle connection, fresh or between requests")

@@ -118,7 +118,10 @@ async def test_limits_body_depth_and_rate(tmp_path: Path, harnesses: list[Harnes
     assert codes.count(200) <= 2 and 429 in codes
 
 
-async def test_sync_failures_timeouts_and_ssrf(tmp_path: Path, harnesses: list[Harness]) -> None:
+async def test_sync_failures_timeouts_and_ssrf(
+    tmp_path: Path, harnesses: list[Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    generic = {"status": "failed", "error": "delivery failed"}
     with Sink(status=500) as failing, Sink(delay_s=5) as hanging:
         h = await start(tmp_path, [
             http_conn("failing", failing.url),
@@ -130,16 +133,21 @@ async def test_sync_failures_timeouts_and_ssrf(tmp_path: Path, harnesses: list[H
             hook("ssrf", [{"module": "http", "connection": "private"}]),
         ])
         harnesses.append(h)
+        # The sender learns that delivery failed, never where or why: that goes to the log.
         r = await h.post("/webhook/acme/fails", b"{}")
-        assert r.status_code == 502 and "500" in r.json()["error"]
+        assert r.status_code == 502 and r.json().items() >= generic.items(), r.text
+        assert r.json()["request_id"] == r.headers["x-request-id"]
         t0 = time.perf_counter()
         r = await h.post("/webhook/acme/hangs", b"{}")
         elapsed = time.perf_counter() - t0
         assert r.status_code == 502 and elapsed < 2, (r.text, elapsed)
         n_before = len(failing.received)
         r = await h.post("/webhook/acme/ssrf", b"{}")
-        assert r.status_code == 502 and "refused" in r.json()["error"].lower()
+        assert r.status_code == 502 and r.json().items() >= generic.items(), r.text
+        assert "refused" not in r.text and "127.0.0.1" not in r.text
         assert len(failing.received) == n_before  # nothing was sent
+        logged = caplog.text
+        assert "HTTP 500" in logged and "refused" in logged.lower()
 
 
 async def test_async_delivery_dlq_and_replay(

@@ -1,0 +1,303 @@
+"""The gateway's edge: what a connection may cost before anything about it is known.
+
+uvicorn's httptools protocol (what `uvicorn[standard]` runs) enforces none of this: a request
+head of any size is buffered (h11 stops at 16 KiB but parses several times slower), neither a
+head nor a body has a deadline, and the keep-alive timeout is armed only after a response, so a
+connection that never sends a byte is held forever. Its `limit_concurrency` counts connections,
+so idle or trickling ones would refuse everybody else. `EdgeProtocol` is that protocol plus:
+
+- at most `max_connections` per process and `max_connections_per_ip` per peer (an IPv6 peer
+  counts by its /64); a connection over either gets an immediate 503 and is closed;
+- `keepalive_timeout_s`: a connection with no request under way, fresh or between requests,
+  is closed;
+- `header_timeout_s` from the first byte of a request to the end of its head, and
+  `max_header_bytes` for that head: 408 or 431, connection closed;
+- `body_timeout_s` from the end of the head to the end of the body: 408, connection closed;
+  the app sees the request as disconnected.
+
+A deadline is armed only when a read leaves a request unfinished, so a request that arrives in
+one read (nearly every webhook) costs no timer at all. Edge answers carry `X-Whplane-Revision`
+like every gateway answer.
+
+The client address is the socket's peer, always: uvicorn's proxy-header middleware is stripped
+off if it was configured, so that `X-Forwarded-For` is judged only where a webhook names its
+`trusted_proxies` (data_plane/verify/ip_allow.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from ipaddress import IPv6Address, IPv6Network
+from typing import Any
+
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+# Descriptors kept free for everything else the process opens (store, Redis, outbound HTTP).
+_RESERVED_FDS = 256
+
+_IDLE, _HEAD, _BODY, _APP = range(4)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    max_connections: int = 4096
+    max_connections_per_ip: int = 256  # 0: no per-peer cap
+    max_header_bytes: int = 65536
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 5.0
+
+
+class EdgeGuard:
+    """One process's connection budget, shared by all its connections."""
+
+    def __init__(self, limits: EdgeLimits, revision: Callable[[], int] | None = None) -> None:
+        self.limits = limits
+        self.max_connections = _within_fd_limit(limits.max_connections)
+        self.revision = revision
+        # One entry per peer with an open connection: bounded by max_connections.
+        self._peers: dict[str, int] = {}
+        self.open = 0
+        self.refused = 0
+        self.head_timeouts = 0
+        self.body_timeouts = 0
+        self.heads_too_large = 0
+
+    def admit(self, peer: str | None) -> bool:
+        if self.open >= self.max_connections:
+            self.refused += 1
+            return False
+        cap = self.limits.max_connections_per_ip
+        if peer is not None and cap:
+            held = self._peers.get(peer, 0)
+            if held >= cap:
+                self.refused += 1
+                return False
+            self._peers[peer] = held + 1
+        self.open += 1
+        return True
+
+    def release(self, peer: str | None) -> None:
+        self.open -= 1
+        if peer is not None and self.limits.max_connections_per_ip:
+            held = self._peers.get(peer, 0) - 1
+            if held > 0:
+                self._peers[peer] = held
+            else:
+                self._peers.pop(peer, None)
+
+    def stats(self) -> dict[str, int]:
+        return {"open_connections": self.open, "peers": len(self._peers),
+                "max_connections": self.max_connections, "refused": self.refused,
+                "head_timeouts": self.head_timeouts, "body_timeouts": self.body_timeouts,
+                "heads_too_large": self.heads_too_large}  # fmt: skip
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above; `http=` for `uvicorn.run`.
+
+    The limits come from the app's `edge` attribute (an `EdgeGuard`), so each process of a
+    multi-worker gateway builds its own from its settings.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        app = self.app
+        while isinstance(app, ProxyHeadersMiddleware):
+            app = app.app
+        self.app = app
+        guard = getattr(app, "edge", None)
+        self.guard: EdgeGuard = guard if isinstance(guard, EdgeGuard) else EdgeGuard(EdgeLimits())
+        self._phase = _IDLE
+        self._head_bytes = 0
+        self._tail = b""
+        self._idle_since = 0.0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._peer: str | None = None
+        self._admitted = False
+        self._answered = False
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._peer = peer_key(self.client[0]) if self.client else None
+        if not self.guard.admit(self._peer):
+            self._answer(503, "too many connections", retry_after=1)
+            return
+        self._admitted = True
+        self._idle_since = self.loop.time()
+        self._arm(self.guard.limits.keepalive_timeout_s, self._idle_expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._admitted:
+            self._admitted = False
+            self.guard.release(self._peer)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered:
+            return
+        phase = self._phase
+        if phase == _IDLE or phase == _HEAD:
+            # Checked before the parser sees the bytes: it would buffer a head of any size.
+            budget = self.guard.limits.max_header_bytes - self._head_bytes
+            if len(data) > budget:
+                seen = self._tail if phase == _HEAD else b""
+                if b"\r\n\r\n" not in seen + data[:budget]:
+                    self._head_too_large()
+                    return
+        super().data_received(data)
+        phase = self._phase
+        if phase == _HEAD:
+            self._head_bytes += len(data)
+            self._tail = data[-3:]  # the head's end may straddle two reads
+            if self._deadline is None:
+                self._arm(self.guard.limits.header_timeout_s, self._head_expired)
+        elif phase == _BODY:
+            if self._deadline is None:
+                self._arm(self.guard.limits.body_timeout_s, self._body_expired)
+        elif phase == _IDLE and self._deadline is None and self.timeout_keep_alive_task is None:
+            # Bytes that start no request (blank lines) do not buy more idle time.
+            remaining = self._idle_since + self.guard.limits.keepalive_timeout_s - self.loop.time()
+            self._arm(max(remaining, 0.0), self._idle_expired)
+
+    # -- parser callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._deadline is not None:
+            self._disarm()
+        self._phase = _HEAD
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        if self._deadline is not None:
+            self._disarm()
+        self._phase = _BODY
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        if self._deadline is not None:
+            self._disarm()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:
+            # Answered before the body was read (a 413, say): the connection is idle again.
+            self._phase = _IDLE
+            self._idle_since = self.loop.time()
+        else:
+            self._phase = _APP
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self._phase == _APP:
+            self._phase = _IDLE
+            self._idle_since = self.loop.time()
+        super().on_response_complete()
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, expired: Callable[[], None]) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _idle_expired(self) -> None:
+        self._deadline = None
+        if self._phase == _IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+    def _head_expired(self) -> None:
+        self._deadline = None
+        if self._busy():  # an answer to the request before is under way: not in its middle
+            self._arm(self.guard.limits.header_timeout_s, self._head_expired)
+            return
+        self.guard.head_timeouts += 1
+        limit = self.guard.limits.header_timeout_s
+        self._answer(408, f"request head not received within {limit:g}s")
+
+    def _body_expired(self) -> None:
+        self._deadline = None
+        if self.pipeline:  # queued behind a request still being answered: we stopped reading
+            self._arm(self.guard.limits.body_timeout_s, self._body_expired)
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            self.transport.close()  # answered already (a 413 before reading, say): just end it
+            return
+        self.guard.body_timeouts += 1
+        limit = self.guard.limits.body_timeout_s
+        self._answer(408, f"request body not received within {limit:g}s")
+        if cycle is not None:
+            # The app waiting for the rest of the body sees a disconnect and stops.
+            cycle.disconnected = True
+            cycle.message_event.set()
+
+    def _busy(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def _head_too_large(self) -> None:
+        self.guard.heads_too_large += 1
+        self._answer(431, f"request head over {self.guard.limits.max_header_bytes} bytes")
+
+    def _answer(self, status: int, error: str, retry_after: int | None = None) -> None:
+        self._answered = True
+        self._disarm()
+        body = json.dumps({"error": error}).encode()
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+        ]
+        if retry_after is not None:
+            head.append(b"retry-after: %d\r\n" % retry_after)
+        if self.guard.revision is not None:
+            head.append(b"x-whplane-revision: %d\r\n" % self.guard.revision())
+        if not self.transport.is_closing():
+            self.transport.write(b"".join(head) + b"\r\n" + body)
+            self.transport.close()
+
+
+def peer_key(host: str) -> str:
+    """What the per-peer cap counts by: the IPv4 address, or the IPv6 /64 (one site's share)."""
+    if ":" not in host:
+        return host
+    try:
+        address = IPv6Address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(IPv6Network((address, 64), strict=False))
+
+
+def _within_fd_limit(wanted: int) -> int:
+    """Past the descriptor limit accept() fails for everyone: stay below it."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY or soft - _RESERVED_FDS >= wanted:
+        return wanted
+    allowed = max(soft - _RESERVED_FDS, 1)
+    log.warning("max_connections %d lowered to %d: the open-files limit is %d", wanted,
+                allowed, soft)
+    return allowed
