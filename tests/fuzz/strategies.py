@@ -332,21 +332,21 @@ def violation(draw: st.DrawFn, doc: Doc, namespace: str = "acme") -> tuple[Doc, 
     secret_path: Path = ("spec", "verify", "secret") if is_hook else ("spec", "headers",
                                                                       "Authorization")
     if is_hook and doc["spec"]["verify"]["scheme"] == "none":
-        doc["spec"]["verify"] = {"scheme": "bearer", "secret": "x"}
+        doc["spec"]["verify"] = {"scheme": "bearer", "secret": "{$vault:" + namespace + "/gh#s}"}
     if not is_hook:
         doc["spec"].setdefault("headers", {})
     if what == "env_ref":
         _set(doc, secret_path, draw(env_ref))
-        return doc, Violation(what, ".".join(map(str, secret_path)))
+        return doc, Violation(what, render_path(secret_path))
     if what == "other_vault":
         _set(doc, secret_path, draw(vault_ref(other)))
-        return doc, Violation(what, ".".join(map(str, secret_path)))
+        return doc, Violation(what, render_path(secret_path))
     if what == "dotdot_vault":
         ref = draw(st.sampled_from([f"{namespace}/../{other}/gh", f"{namespace}/./../{other}/gh",
                                     f"{namespace}/a/../../{other}/gh", f"{namespace}/..",
                                     f"{namespace}/../../sys/x"]))
         _set(doc, secret_path, "{$vault:" + ref + "#secret}")
-        return doc, Violation(what, ".".join(map(str, secret_path)))
+        return doc, Violation(what, render_path(secret_path))
     if what == "other_namespace":
         doc["metadata"]["namespace"] = other
         return doc, Violation(what, "metadata.namespace")
@@ -366,7 +366,7 @@ def violation(draw: st.DrawFn, doc: Doc, namespace: str = "acme") -> tuple[Doc, 
         key = draw(st.sampled_from(["{$GH_SECRET}", "{$vault:" + other + "/gh#secret}",
                                     "x-{$vault:" + namespace + "/gh#secret}"]))
         node[key] = "v"
-        return doc, Violation(what, ".".join(map(str, target)))
+        return doc, Violation(what, render_path(target))
     if what == "allow_private":
         doc["spec"]["allow_private"] = True
         return doc, Violation(what, "spec.allow_private")

@@ -177,16 +177,21 @@ def check_unchanged(cp: ControlPlaneHarness, before: tuple[int, list[Any], Any],
     assert after[2] == before[2], f"{what}: the history changed"
 
 
-def check_applied(cp: ControlPlaneHarness, docs: list[Any]) -> None:
+def check_applied(cp: ControlPlaneHarness, docs: list[Any], tenant: bool = False) -> None:
     _, items, _ = cp.state()
     try:
         validate_documents([(Location("store", i), d) for i, d in enumerate(items)])
     except DocumentErrors as exc:
         raise AssertionError(f"the store holds documents a gateway refuses: {exc}") from None
-    stored = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in items}
+    stored = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+              for d in items}
     for d in docs:
         key = (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])
         assert key in stored, f"applied {key} is not in the store"
+        # The sandbox stamp is the control plane's to set, whatever the input says.
+        stamp = stored[key]["metadata"].get("sandbox", False)
+        assert stamp is tenant, f"{key} written by {'a tenant' if tenant else 'the admin'} " \
+                                f"is stored with metadata.sandbox {stamp!r}"
 
 
 # --- admin: apply and diff of generated documents -----------------------------------------------
@@ -202,6 +207,9 @@ admin_docs = st.lists(any_doc(), min_size=1, max_size=4, unique_by=_key)
 @given(st.data())
 def test_admin_apply(cp: ControlPlaneHarness, data: st.DataObject) -> None:
     docs, mutations = data.draw(admin_docs.flatmap(maybe_mutated))
+    if data.draw(st.integers(0, 9)) == 0 and isinstance(docs[0], dict) and isinstance(
+            docs[0].get("metadata"), dict):
+        docs[0]["metadata"]["sandbox"] = True  # the admin's write is the admin's
     dry_run = data.draw(st.integers(0, 4)) == 0
     prune = data.draw(st.integers(0, 5)) == 0
     cp.fresh()
@@ -266,6 +274,9 @@ def tenant_case(draw: st.DrawFn) -> tuple[list[Any], Violation | None, list[Any]
 def test_tenant_apply(cp: ControlPlaneHarness, case: tuple[list[Any], Violation | None,
                                                              list[Any]], dry_run: bool) -> None:
     docs, broken, mutations = case
+    if dry_run and isinstance(docs[0], dict) and isinstance(docs[0].get("metadata"), dict):
+        docs[0]["metadata"]["sandbox"] = False  # a tenant cannot remove its stamp
+        dry_run = docs[0]["metadata"]["name"] < "m"
     cp.fresh()
     before = cp.state()
     with count("api.apply.tenant") as c:
@@ -278,7 +289,7 @@ def test_tenant_apply(cp: ControlPlaneHarness, case: tuple[list[Any], Violation 
             check_unchanged(cp, before, "refused tenant apply")
         else:
             cp.dirty = r.json()["revision"] != before[0]
-            check_applied(cp, docs)
+            check_applied(cp, docs, tenant=True)
         if mutations:
             return  # a mutation may make the case invalid or moot: only the above holds
         if broken is None:

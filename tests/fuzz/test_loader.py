@@ -304,6 +304,10 @@ KNOWN = {
     "retry delays out of order": _hook(namespace="acme"),
     "reference in a label key": {**_hook(namespace="acme", labels={"{$X}": "v"}),
                                  "spec": _hook()["spec"] | {"delivery": {}}},
+    "an unknown field named ''": {**_hook(namespace="acme"), "": None,
+                                  "spec": _hook()["spec"] | {"delivery": {}}},
+    "a lone surrogate key": {**_hook(namespace="acme", annotations={"\ud800": None}),
+                             "spec": _hook()["spec"] | {"delivery": {}}},
 }
 
 
