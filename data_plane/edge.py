@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 # Descriptors kept free for everything else the process opens (store, Redis, outbound HTTP).
 _RESERVED_FDS = 256
 
-_IDLE, _HEAD, _BODY, _APP = range(4)
-
-
 @dataclass(frozen=True, slots=True)
 class EdgeLimits:
     max_connections: int = 4096
@@ -106,6 +103,10 @@ class EdgeProtocol(HttpToolsProtocol):
 
     The limits come from the app's `edge` attribute (an `EdgeGuard`), so each process of a
     multi-worker gateway builds its own from its settings.
+
+    It overrides no parser callback: after each read it looks at where the request stands
+    (uvicorn starts a new `scope` at each request and a `cycle` for it once its head is
+    complete), which keeps the per-request cost to a few attribute reads.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -116,11 +117,11 @@ class EdgeProtocol(HttpToolsProtocol):
         self.app = app
         guard = getattr(app, "edge", None)
         self.guard: EdgeGuard = guard if isinstance(guard, EdgeGuard) else EdgeGuard(EdgeLimits())
-        self._phase = _IDLE
+        self._head_of: object = None  # the scope whose head is being counted
         self._head_bytes = 0
         self._tail = b""
-        self._idle_since = 0.0
         self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_for: object = None  # the scope or cycle the deadline is about
         self._peer: str | None = None
         self._admitted = False
         self._answered = False
@@ -134,8 +135,8 @@ class EdgeProtocol(HttpToolsProtocol):
             self._answer(503, "too many connections", retry_after=1)
             return
         self._admitted = True
-        self._idle_since = self.loop.time()
-        self._arm(self.guard.limits.keepalive_timeout_s, self._idle_expired)
+        # uvicorn arms its keep-alive timer only after a response: a fresh connection needs one.
+        self._arm(self.guard.limits.keepalive_timeout_s, self._idle_expired, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -147,83 +148,67 @@ class EdgeProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._answered:
             return
-        phase = self._phase
-        if phase == _IDLE or phase == _HEAD:
+        limits = self.guard.limits
+        budget = limits.max_header_bytes - self._head_bytes
+        if len(data) > budget and not self._in_body():
             # Checked before the parser sees the bytes: it would buffer a head of any size.
-            budget = self.guard.limits.max_header_bytes - self._head_bytes
-            if len(data) > budget:
-                seen = self._tail if phase == _HEAD else b""
-                if b"\r\n\r\n" not in seen + data[:budget]:
-                    self._head_too_large()
-                    return
+            if b"\r\n\r\n" not in self._tail + data[:budget]:
+                self._head_too_large()
+                return
         super().data_received(data)
-        phase = self._phase
-        if phase == _HEAD:
+
+        scope, cycle = self.scope, self.cycle
+        if scope is None:
+            return  # blank lines on a fresh connection: its idle deadline stands
+        if cycle is None or cycle.scope is not scope:  # a head under way
+            if self._head_of is not scope:
+                self._head_of, self._head_bytes = scope, 0
             self._head_bytes += len(data)
-            self._tail = data[-3:]  # the head's end may straddle two reads
-            if self._deadline is None:
-                self._arm(self.guard.limits.header_timeout_s, self._head_expired)
-        elif phase == _BODY:
-            if self._deadline is None:
-                self._arm(self.guard.limits.body_timeout_s, self._body_expired)
-        elif phase == _IDLE and self._deadline is None and self.timeout_keep_alive_task is None:
-            # Bytes that start no request (blank lines) do not buy more idle time.
-            remaining = self._idle_since + self.guard.limits.keepalive_timeout_s - self.loop.time()
-            self._arm(max(remaining, 0.0), self._idle_expired)
+            self._tail = data[-3:]  # the end of the head may straddle two reads
+            if self._deadline_for is not scope:
+                self._arm(limits.header_timeout_s, self._head_expired, scope)
+            return
+        if self._head_bytes:
+            self._head_bytes, self._tail = 0, b""
+        if cycle.more_body:  # a body under way (or the rest of one answered early)
+            if self._deadline_for is not cycle:
+                self._arm(limits.body_timeout_s, self._body_expired, cycle)
+        elif not cycle.response_complete:  # all read, the app is on it
+            if self._deadline is not None:
+                self._disarm()
+        elif self.timeout_keep_alive_task is None and self._deadline_for is not cycle:
+            # Between requests uvicorn's keep-alive timer runs, and any read cancels it:
+            # bytes that start no request (blank lines) must not hold the connection open.
+            self._arm(limits.keepalive_timeout_s, self._idle_expired, cycle)
 
-    # -- parser callbacks ---------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._deadline is not None:
-            self._disarm()
-        self._phase = _HEAD
-        self._head_bytes = 0
-        super().on_message_begin()
-
-    def on_headers_complete(self) -> None:
-        if self._deadline is not None:
-            self._disarm()
-        self._phase = _BODY
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        if self._deadline is not None:
-            self._disarm()
+    def _in_body(self) -> bool:
         cycle = self.cycle
-        if cycle is not None and cycle.response_complete:
-            # Answered before the body was read (a 413, say): the connection is idle again.
-            self._phase = _IDLE
-            self._idle_since = self.loop.time()
-        else:
-            self._phase = _APP
-        super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        if self._phase == _APP:
-            self._phase = _IDLE
-            self._idle_since = self.loop.time()
-        super().on_response_complete()
+        return cycle is not None and cycle.scope is self.scope and cycle.more_body
 
     # -- deadlines ----------------------------------------------------------------------------
 
-    def _arm(self, seconds: float, expired: Callable[[], None]) -> None:
-        self._disarm()
+    def _arm(self, seconds: float, expired: Callable[[], None], about: object) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
         self._deadline = self.loop.call_later(seconds, expired)
+        self._deadline_for = about
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        self._deadline_for = None
 
     def _idle_expired(self) -> None:
         self._deadline = None
-        if self._phase == _IDLE and not self.transport.is_closing():
+        if not self._busy() and not self.transport.is_closing():
             self.transport.close()
 
     def _head_expired(self) -> None:
         self._deadline = None
         if self._busy():  # an answer to the request before is under way: not in its middle
-            self._arm(self.guard.limits.header_timeout_s, self._head_expired)
+            self._deadline = self.loop.call_later(self.guard.limits.header_timeout_s,
+                                                  self._head_expired)
             return
         self.guard.head_timeouts += 1
         limit = self.guard.limits.header_timeout_s
@@ -231,12 +216,13 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _body_expired(self) -> None:
         self._deadline = None
-        if self.pipeline:  # queued behind a request still being answered: we stopped reading
-            self._arm(self.guard.limits.body_timeout_s, self._body_expired)
-            return
         cycle = self.cycle
+        if self.pipeline:  # queued behind a request still being answered: we stopped reading
+            self._deadline = self.loop.call_later(self.guard.limits.body_timeout_s,
+                                                  self._body_expired)
+            return
         if cycle is not None and cycle.response_started:
-            self.transport.close()  # answered already (a 413 before reading, say): just end it
+            self.transport.close()  # answered already (a 413, say): just end it
             return
         self.guard.body_timeouts += 1
         limit = self.guard.limits.body_timeout_s

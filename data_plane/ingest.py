@@ -44,6 +44,7 @@ _JSON_START = re.compile(rb"[ \t\r\n]*[\[{]")
 # A caller's X-Request-Id is kept only if it is short and cannot forge anything in a log line
 # or a header; otherwise the request gets a fresh one.
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+_URL_SCHEMES = frozenset({"twilio", "api_key"})
 _UNKNOWN = "_unknown"  # the metrics namespace of requests refused before the lookup
 # Never copied into a queued delivery: credentials, not content.
 _PRIVATE_HEADERS = frozenset({
@@ -217,7 +218,8 @@ class Ingest:
         inbound = Inbound(
             method="POST",
             # Only these sign (or carry a key in) the URL: skip building it for everyone else.
-            url=_url(scope, headers) if _reads_url(verify) else "",
+            url=_url(scope, headers) if verify.scheme in _URL_SCHEMES and _reads_url(verify)
+            else "",
             headers=headers,
             body=req.body,
             client_ip=_client_ip(scope),
@@ -243,10 +245,11 @@ class Ingest:
                            retry_after=retry_after)
 
     def _check_payload(self, req: _Request) -> None:
-        depth = req.hook.spec.limits.max_json_depth
-        if _looks_like_json(req.headers.get("content-type"), req.body) and _too_deep(
-            req.body, depth
-        ):
+        depth, body = req.hook.spec.limits.max_json_depth, req.body
+        # Counting openers is the cheap test: no deeper than their number, no need to look.
+        if body.count(b"{") + body.count(b"[") > depth and _looks_like_json(
+            req.headers.get("content-type"), body
+        ) and _too_deep(body, depth):
             raise _Refused(400, f"JSON nested deeper than {depth}", "bad_request", req.ns)
         check = req.compiled.payload_check
         if check is not None:
