@@ -39,7 +39,7 @@ def conn(name: str, url: str, allow_private: bool = True) -> dict[str, Any]:
             "spec": {"type": "http", "url": url, "allow_private": allow_private}}
 
 
-def signed(body: bytes = b"{}", **headers: str) -> dict[str, str]:
+def signed(body: bytes = b"{}", /, **headers: str) -> dict[str, str]:
     return {"content-type": "application/json",
             "x-hub-signature-256": github_signature(SECRET, body), **headers}
 
