@@ -49,7 +49,7 @@ def gateway(
         help="open connections per process [env WH_MAX_CONNECTIONS, default 4096]")] = None,
     max_connections_per_ip: Annotated[int | None, typer.Option(
         help="open connections per peer address, 0 for no cap "
-             "[env WH_MAX_CONNECTIONS_PER_IP, default 256]")] = None,
+             "[env WH_MAX_CONNECTIONS_PER_IP, default 1024]")] = None,
     max_header_bytes: Annotated[int | None, typer.Option(
         help="request line and headers [env WH_MAX_HEADER_BYTES, default 65536]")] = None,
     header_timeout_s: Annotated[float | None, typer.Option(

@@ -46,7 +46,7 @@ _RESERVED_FDS = 256
 @dataclass(frozen=True, slots=True)
 class EdgeLimits:
     max_connections: int = 4096
-    max_connections_per_ip: int = 256  # 0: no per-peer cap
+    max_connections_per_ip: int = 1024  # 0: no per-peer cap
     max_header_bytes: int = 65536
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -239,6 +239,11 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _head_too_large(self) -> None:
         self.guard.heads_too_large += 1
+        if self._busy():  # pipelined behind a request still being answered: not in its middle
+            self._answered = True
+            self._disarm()
+            self.transport.close()
+            return
         self._answer(431, f"request head over {self.guard.limits.max_header_bytes} bytes")
 
     def _answer(self, status: int, error: str, retry_after: int | None = None) -> None:
@@ -274,11 +279,17 @@ def peer_key(host: str) -> str:
 
 
 def _within_fd_limit(wanted: int) -> int:
-    """Past the descriptor limit accept() fails for everyone: stay below it."""
+    """Past the open-files limit accept() fails for everyone: raise the soft limit toward the
+    hard one if needed (as Go's runtime does), and stay below whatever it ends up being."""
     try:
         import resource
 
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        needed = wanted + _RESERVED_FDS
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
     except (ImportError, OSError, ValueError):
         return wanted
     if soft == resource.RLIM_INFINITY or soft - _RESERVED_FDS >= wanted:

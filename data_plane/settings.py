@@ -45,7 +45,7 @@ class GatewaySettings(BaseSettings):
     # The edge (data_plane/edge.py): what a connection may cost before it has proved anything.
     max_connections: int = Field(default=4096, ge=1, description="open connections per process")
     max_connections_per_ip: int = Field(
-        default=256, ge=0,
+        default=1024, ge=0,
         description="open connections per peer address (IPv6: per /64); 0 for no cap, as "
                     "behind a proxy every connection comes from the proxy")
     max_header_bytes: int = Field(default=65536, ge=1024, description="request line + headers")
