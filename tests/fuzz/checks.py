@@ -11,7 +11,7 @@ from tests.fuzz.strategies import Path, render_path
 _INDEX = re.compile(r"\[(\d+)\]")
 
 
-def path_exists(doc: Any, path: str) -> bool:
+def path_exists(doc: Any, path: str, root: bool = True) -> bool:
     """Whether a field path ("spec.chain.steps[0].config") names a place in `doc`: every step
     but the last must exist (the last may be the missing field the error is about).
 
@@ -24,11 +24,12 @@ def path_exists(doc: Any, path: str) -> bool:
         # "metadata.labels.{$X} (a mapping key)": a remark after the path, tolerated.
         path = path[:path.rindex(" (")]
     if isinstance(doc, Mapping):
-        rest = path[1:] if path.startswith(".") else path
+        # The first step has no separator; a key may itself start with dots.
+        rest = path if root else path.removeprefix(".")
         for key in doc:
             k = str(key)
             if rest.startswith(k) and (len(rest) == len(k) or rest[len(k)] in ".["):
-                if path_exists(doc[key], rest[len(k):]):
+                if path_exists(doc[key], rest[len(k):], root=False):
                     return True
         return _is_leaf(rest)
     if isinstance(doc, list | tuple):
@@ -37,7 +38,7 @@ def path_exists(doc: Any, path: str) -> bool:
             return _is_leaf(path.lstrip("."))
         i = int(m.group(1))
         if i < len(doc):
-            return path_exists(doc[i], path[m.end():])
+            return path_exists(doc[i], path[m.end():], root=False)
         return m.end() == len(path)
     return _is_leaf(path.lstrip("."))
 

@@ -31,6 +31,7 @@ from tests.fuzz.strategies import (
     HUGE_NUMBERS,
     WEIRD_STRINGS,
     any_doc,
+    deep,
     get,
     maybe_mutated,
     paths_of,
@@ -325,4 +326,54 @@ def test_known_cases_name_the_field() -> None:
                     failures.append(f"{what}: {str(failure).splitlines()[0]}")
             else:
                 failures.append(f"{what}: accepted")
+    assert not failures, "\n".join(failures)
+
+
+WEIRD_KEYS = ["\ud800", "", ".", "..", "[0]", "a.b", "{$X}", "\x00", "\u202e", "k" * 300]
+
+
+def test_weird_keys_anywhere_are_document_errors() -> None:
+    """Keys no operator writes (a lone surrogate, empty, dots, brackets, a reference), in each
+    kind of mapping, shallow and below a too-deep payload schema, in a JSON file: a
+    DocumentError naming the document, never another exception."""
+    def places(key: str) -> list[dict[str, Any]]:
+        hook = {"apiVersion": "whplane/v1", "kind": "Webhook",
+                "metadata": {"name": "h", "namespace": "acme"},
+                "spec": {"verify": {"scheme": "none"}, "chain": {"steps": [{"module": "log"}]}}}
+        out = []
+        for where in ("root", "labels", "schema", "deep_schema", "step", "verify"):
+            doc = json.loads(json.dumps(hook))
+            if where == "root":
+                doc[key] = 1
+            elif where == "labels":
+                doc["metadata"]["labels"] = {key: 1}
+            elif where == "schema":
+                doc["spec"]["payload_schema"] = {"type": "object", "properties": {key: {}}}
+            elif where == "deep_schema":
+                doc["spec"]["payload_schema"] = {"type": "object",
+                                                 "properties": {key: deep(40, "list")}}
+            elif where == "step":
+                doc["spec"]["chain"]["steps"][0]["config"] = {key: 1}
+            else:
+                doc["spec"]["verify"][key] = 1
+            out.append(doc)
+        return out
+
+    failures = []
+    for key in WEIRD_KEYS:
+        for doc in places(key):
+            text = json.dumps(doc)  # lone surrogates become "\\ud800" escapes, as in a file
+            with count("loader.weird_keys") as c:
+                try:
+                    load_documents([("keys.json", text)])
+                    c.outcome = "valid"
+                except DocumentErrors as exc:
+                    c.outcome = "refused"
+                    try:
+                        check_errors(list(exc.errors), [json.loads(text)], "keys.json")
+                    except AssertionError as failure:
+                        failures.append(f"{key!r}: {str(failure).splitlines()[0]}")
+                except Exception as exc:
+                    c.outcome = "crashed"
+                    failures.append(f"{key!r} in {text[:160]}...: {type(exc).__name__}: {exc}")
     assert not failures, "\n".join(failures)
