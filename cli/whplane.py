@@ -146,32 +146,37 @@ def control_plane(
         help="file holding the admin token [or env WH_ADMIN_TOKEN]")] = None,
     allow_plaintext_secrets: Annotated[bool | None, typer.Option(
         "--allow-plaintext-secrets", help="accept secrets that are not references")] = None,
+    max_request_bytes: Annotated[int | None, typer.Option(
+        help="largest request body accepted [env WH_MAX_REQUEST_BYTES, default 16 MiB]")] = None,
     log_json: Annotated[bool | None, typer.Option("--log-json/--log-text")] = None,
 ) -> None:
     """Serve the control-plane API (the only writer of the config store)."""
     import uvicorn
 
     from control_plane.api import create_api
+    from control_plane.errors import StoreError
     from control_plane.settings import ControlPlaneSettings, open_store
     from data_plane.logs import configure
 
     try:
         settings = ControlPlaneSettings(**_given(
             store=store, port=port, host=host, admin_token_file=admin_token_file,
-            allow_plaintext_secrets=allow_plaintext_secrets, log_json=log_json))
+            allow_plaintext_secrets=allow_plaintext_secrets, log_json=log_json,
+            max_request_bytes=max_request_bytes))
         admin = settings.admin()
         backend = open_store(settings.store, dict(os.environ))
     except ValidationError as exc:
         _settings_error(exc)
         return
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, StoreError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     if admin is None:
         err.print("[yellow]warning:[/] no admin token (WH_ADMIN_TOKEN or --admin-token-file): "
                   "only namespace tokens will work, and none can be created")
     configure(settings.log_level, settings.log_json)
-    uvicorn.run(create_api(backend, admin, settings.allow_plaintext_secrets),
+    uvicorn.run(create_api(backend, admin, settings.allow_plaintext_secrets,
+                           max_request_bytes=settings.max_request_bytes),
                 host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
