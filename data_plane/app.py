@@ -32,6 +32,7 @@ class GatewayApp:
         self.ingest = Ingest(gateway, max_concurrent=settings.max_concurrent_requests)
         # Read by data_plane.edge.EdgeProtocol, the connection layer uvicorn runs this app on.
         self.edge = EdgeGuard(edge_limits(settings), lambda: gateway.holder.current.revision)
+        _edge_metrics(gateway, self.edge)
         self.api = _api(gateway, self.edge)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,6 +78,23 @@ def _api(gw: Gateway, edge: EdgeGuard) -> FastAPI:
         return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
 
     return api
+
+
+def _edge_metrics(gw: Gateway, edge: EdgeGuard) -> None:
+    gw.metrics.probe(
+        {"whplane_edge_open_connections": ("Open connections", lambda: edge.open)},
+        {
+            "whplane_edge_refused_connections": (
+                "Connections refused over the process or per-address cap (503)",
+                lambda: edge.refused),
+            "whplane_edge_head_timeouts": (
+                "Requests whose head did not arrive in time (408)", lambda: edge.head_timeouts),
+            "whplane_edge_body_timeouts": (
+                "Requests whose body did not arrive in time (408)", lambda: edge.body_timeouts),
+            "whplane_edge_heads_too_large": (
+                "Requests whose head was over the limit (431)", lambda: edge.heads_too_large),
+        },
+    )  # fmt: skip
 
 
 def edge_limits(settings: GatewaySettings) -> EdgeLimits:

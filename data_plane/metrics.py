@@ -93,5 +93,9 @@ class GatewayMetrics:
         reg.register(_Probe(gauges, counters or {}))
         return m
 
+    def probe(self, gauges: Probes, counters: Probes | None = None) -> None:
+        """Add gauges and counters read at scrape time from state owned elsewhere."""
+        self.registry.register(_Probe(gauges, counters or {}))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
