@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from providers.resources import ResourceKey
+from providers.rollout import Canary
 
 RawDoc = bytes | Mapping[str, Any]
 
@@ -34,6 +35,15 @@ class ChangeBatch:
     # Where in the store this batch was read, when that differs from `revision`: a full load
     # is labelled with the config's revision but read at the store's (later) current one.
     position: int = 0
+    # The canary record (providers/rollout.py), when this batch set or removed it: then
+    # `canary_changed` is true and `canary` is the new record (None: no canary any more, by a
+    # promote or an abort). A full batch always carries the current record.
+    canary_changed: bool = False
+    canary: Canary | None = None
+    # With a full batch while a canary runs: what the canary revision changed, as it was before
+    # (None: the resource did not exist), so a gateway that does not serve the canary can hold
+    # the store's values of those resources back and serve these.
+    canary_before: Mapping[ResourceKey, RawDoc | None] | None = None
 
     @property
     def resume_after(self) -> int:
