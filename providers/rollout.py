@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
 CANARY_FILE = "canary.json"
 LABEL_RE = re.compile(r"[A-Za-z0-9._/-]{1,63}")
 
