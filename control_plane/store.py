@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from control_plane.errors import Conflict, StoreError, StoreFailed, StoreRefused
 from providers.resources import GLOBAL, ResourceKey
+from providers.rollout import Canary
 
 __all__ = ["Change", "Conflict", "Doc", "Draft", "HistoryRecord", "Store", "StoreError",
            "StoreFailed", "StoreRefused", "Stored", "scope"]
@@ -60,6 +61,9 @@ class HistoryRecord:
     message: str
     time: float
     changes: tuple[Change, ...]
+    # A rollout decision recorded with this revision: {"action": "canary" | "promote" |
+    # "abort", "canary": <Canary.to_json()>, "reason": "..."}; None for a plain change.
+    rollout: Mapping[str, Any] | None = None
 
     def namespaces(self) -> set[str]:
         return {scope(c.key) for c in self.changes}
@@ -71,6 +75,7 @@ class HistoryRecord:
             "message": self.message,
             "time": self.time,
             "changes": [c.as_dict() if full else c.summary() for c in self.changes],
+            **({"rollout": dict(self.rollout)} if self.rollout is not None else {}),
         }
 
     @classmethod
@@ -85,6 +90,7 @@ class HistoryRecord:
                        c.get("before"), c.get("after"))
                 for c in d.get("changes", ())
             ),
+            rollout=d.get("rollout"),
         )  # fmt: skip
 
 
@@ -98,9 +104,15 @@ class Draft:
     author: str
     message: str
     time: float = field(default_factory=time.time)
+    # The canary record this commit starts (`canary`), or the end of the running one
+    # (`clear_canary`: a promote or an abort), in the same transaction as the resources.
+    canary: Canary | None = None
+    clear_canary: bool = False
+    rollout: Mapping[str, Any] | None = None  # the history record's rollout decision
 
     def record(self, revision: int) -> HistoryRecord:
-        return HistoryRecord(revision, self.author, self.message, self.time, self.changes)
+        return HistoryRecord(revision, self.author, self.message, self.time, self.changes,
+                             self.rollout)
 
 
 class Store(Protocol):
@@ -122,6 +134,10 @@ class Store(Protocol):
         ...
 
     async def history_get(self, revision: int) -> HistoryRecord | None: ...
+
+    async def canary(self) -> Canary | None:
+        """The running canary's record, None when no canary runs."""
+        ...
 
     async def gateways(self) -> list[dict[str, Any]]: ...
 
