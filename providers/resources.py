@@ -43,6 +43,10 @@ class Metadata:
     generation: int | None = Field(
         default=None, ge=1, description="set by the control plane; ignored on input"
     )
+    revision: int | None = Field(
+        default=None, ge=1, description="set by the control plane: the config revision that "
+        "wrote this version; ignored on input",
+    )
     sandbox: bool = Field(
         default=False,
         description="set by the control plane: true when a namespace token wrote the resource, "
