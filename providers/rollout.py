@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-CANARY_FILE = "canary.json"
+CANARY_FILE = ".canary.json"  # hidden: the file provider reads every other file as config
 LABEL_RE = re.compile(r"[A-Za-z0-9._/-]{1,63}")
 
 
