@@ -32,11 +32,29 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """What the data plane needs to serve one webhook: it, its namespace, its connections."""
+    """What the data plane needs to serve one webhook: it, its namespace, its connections.
+
+    `revision` is the config revision a request served from it may claim (X-Whplane-Revision):
+    the snapshot's when each of these is in force at its latest stored version; when one of
+    them is refused (an entry in `Snapshot.errors`), the newest revision that wrote a version
+    actually in force, so an answer never names a revision whose version it did not get.
+    """
 
     webhook: Webhook
     namespace: Namespace | None
     connections: Map[str, Connection]
+    revision: int = 0
+
+
+def _written(entry: Entry) -> int:
+    """The revision that wrote the version `entry` holds.
+
+    `Entry.revision` is the batch that brought the version in, which a full reload moves
+    forward for versions it merely found again; `metadata.revision`, when the control plane
+    set it, is the write itself (never trusted above the batch: a hand-written value may lie).
+    """
+    written = entry.resource.metadata.revision
+    return min(written, entry.revision) if written else entry.revision
 
 
 _EMPTY: Map[ResourceKey, Entry] = Map()
@@ -79,15 +97,31 @@ class Snapshot:
         cached = self._endpoints.get((namespace, name))
         if cached is not None:
             return cached
-        hook = self.webhook(namespace, name)
-        if hook is None:
+        wkey = ResourceKey("Webhook", namespace, name)
+        hook_entry = self.entries.get(wkey)
+        if hook_entry is None:
             return None
+        hook: Webhook = hook_entry.resource  # type: ignore[assignment]
+        nkey = ResourceKey("Namespace", None, namespace)
+        ns_entry = self.entries.get(nkey)
+        in_force = [hook_entry] if ns_entry is None else [hook_entry, ns_entry]
+        keys = [wkey, nkey]
         conns: dict[str, Connection] = {}
         for cname in hook.spec.connections():
-            conn = self.connection(namespace, cname)
-            if conn is not None:
-                conns[cname] = conn
-        endpoint = Endpoint(hook, self.namespace(namespace), Map(conns))
+            # Both candidates count: a refused namespaced connection leaves the global one
+            # serving, which is not what the store says either.
+            candidates = (ResourceKey("Connection", namespace, cname),
+                          ResourceKey("Connection", None, cname))
+            keys.extend(candidates)
+            entry = self.entries.get(candidates[0]) or self.entries.get(candidates[1])
+            if entry is not None:
+                conns[cname] = entry.resource  # type: ignore[assignment]
+                in_force.append(entry)
+        revision = self.revision
+        if self.errors and any(str(k) in self.errors for k in keys):
+            revision = max(_written(e) for e in in_force)
+        endpoint = Endpoint(hook, ns_entry.resource if ns_entry is not None else None,  # type: ignore[arg-type]
+                            Map(conns), revision)
         self._endpoints[(namespace, name)] = endpoint
         return endpoint
 
