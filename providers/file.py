@@ -11,6 +11,7 @@ it, and otherwise a counter local to this process that moves on each change.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -22,9 +23,11 @@ from providers.errors import DocumentErrors, StoreUnavailable
 from providers.loader import iter_files, parse_text
 from providers.provider import ChangeBatch, ProviderState, ProviderStatus, RawDoc
 from providers.resources import ResourceKey
+from providers.rollout import CANARY_FILE, Canary
 
 log = logging.getLogger(__name__)
 REVISION_FILE = ".revision"
+CHANGE_FILE = ".change.json"  # the control plane's history record of the data directory
 DATA_LINK = "..data"
 
 
@@ -36,6 +39,8 @@ class FileProvider:
         self._by_file: dict[str, dict[ResourceKey, Mapping[str, Any]]] = {}
         self._revision = 0
         self._fingerprint: object = None
+        self._canary: Canary | None = None
+        self._read_canary: Canary | None = None
         self._state = ProviderState.CONNECTING
         self._last_error: str | None = None
         self._stop = asyncio.Event()
@@ -52,7 +57,7 @@ class FileProvider:
         root = self._root()
         files = list(iter_files(root)) if root.exists() else []
         stats = []
-        for f in files:
+        for f in (*files, root / CANARY_FILE):
             try:
                 st = f.stat()
             except FileNotFoundError:
@@ -61,6 +66,8 @@ class FileProvider:
         return (str(root), tuple(stats))
 
     def _read(self) -> tuple[int | None, dict[ResourceKey, Mapping[str, Any]], list[str]]:
+        """(revision, documents, errors) of the data directory, and its canary record in
+        `self._read_canary`."""
         root = self._root()
         if not root.exists():
             raise StoreUnavailable(f"config path {self.path} does not exist")
@@ -96,7 +103,38 @@ class FileProvider:
                 revision = int(rev_file.read_text().strip())
             except ValueError:
                 errors.append(f"{REVISION_FILE}: not an integer")
+        self._read_canary = self._canary_in(root, errors)
         return revision, docs, errors
+
+    def _canary_in(self, root: Path, errors: list[str]) -> Canary | None:
+        path = root / CANARY_FILE
+        if not root.is_dir() or not path.exists():
+            return None
+        try:
+            return Canary.from_json(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            errors.append(f"{CANARY_FILE}: {exc}")
+            return None
+
+    def _before(self, canary: Canary) -> dict[ResourceKey, RawDoc | None]:
+        """What the canary revision changed, as it was before: from its history record."""
+        candidates = [self.path / "history" / f"{canary.revision:020d}.json",
+                      self._root() / CHANGE_FILE]
+        for path in candidates:
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if int(record.get("revision", -1)) != canary.revision:
+                continue
+            out: dict[ResourceKey, RawDoc | None] = {}
+            for change in record.get("changes", ()):
+                key = ResourceKey(change["kind"], change.get("namespace"), change["name"])
+                out[key] = change.get("before")
+            return out
+        log.warning("no history record of canary revision %d: serving the store as it is",
+                    canary.revision)
+        return {}
 
     async def load(self) -> ChangeBatch:
         try:
@@ -111,7 +149,10 @@ class FileProvider:
         self._docs = docs
         self._revision = revision if revision is not None else max(self._revision, 0) + 1
         puts: dict[ResourceKey, RawDoc] = dict(docs)
-        return ChangeBatch(self._revision, puts, full=True, source_errors=tuple(errors))
+        canary = self._canary = self._read_canary
+        before = await asyncio.to_thread(self._before, canary) if canary is not None else None
+        return ChangeBatch(self._revision, puts, full=True, source_errors=tuple(errors),
+                           canary_changed=True, canary=canary, canary_before=before)
 
     async def _changes(self) -> ChangeBatch | None:
         fingerprint = await asyncio.to_thread(self._fingerprint_now)
@@ -122,10 +163,13 @@ class FileProvider:
         puts = {k: d for k, d in docs.items() if self._docs.get(k) != d}
         deletes = frozenset(k for k in self._docs if k not in docs)
         self._docs = docs
-        if not puts and not deletes and not errors:
+        canary_changed = self._read_canary != self._canary
+        self._canary = self._read_canary
+        if not puts and not deletes and not errors and not canary_changed:
             return None
         self._revision = revision if revision is not None else self._revision + 1
-        return ChangeBatch(self._revision, puts, deletes, source_errors=tuple(errors))
+        return ChangeBatch(self._revision, puts, deletes, source_errors=tuple(errors),
+                           canary_changed=canary_changed, canary=self._canary)
 
     async def watch(self, after_revision: int) -> AsyncIterator[ChangeBatch]:
         watch_dir = self.path if self.path.is_dir() else self.path.parent

@@ -8,7 +8,7 @@ always lives in a namespace.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, Protocol, TypeVar
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -21,6 +21,8 @@ API_VERSION = "whplane/v1"
 KINDS = ("Namespace", "Connection", "Webhook")
 Kind = Literal["Namespace", "Connection", "Webhook"]
 GLOBAL = "_global"
+V = TypeVar("V")
+V_co = TypeVar("V_co", covariant=True)
 
 _SECRET_HEADER = re.compile(r"authorization|token|secret|key|cookie|password", re.IGNORECASE)
 
@@ -210,6 +212,30 @@ class Webhook:
 
 Resource = Annotated[Namespace | Connection | Webhook, Field(discriminator="kind")]
 AnyResource = Namespace | Connection | Webhook
+
+
+def connection_keys(namespace: str | None, name: str) -> tuple[ResourceKey, ...]:
+    """Where a step's connection `name` is looked up, in order: the webhook's namespace, then
+    the global connections. The one place this rule is written."""
+    global_key = ResourceKey("Connection", None, name)
+    if namespace is None:
+        return (global_key,)
+    return (ResourceKey("Connection", namespace, name), global_key)
+
+
+class Lookup(Protocol[V_co]):
+    """Anything with `get` by resource key: a dict, a persistent map, a map being built."""
+
+    def get(self, key: ResourceKey, /) -> V_co | None: ...
+
+
+def find_connection(found: Lookup[V], namespace: str | None, name: str) -> V | None:
+    """The value `found` holds for the connection a webhook in `namespace` means by `name`."""
+    for key in connection_keys(namespace, name):
+        value = found.get(key)
+        if value is not None:
+            return value
+    return None
 
 
 def key_of(resource: AnyResource) -> ResourceKey:

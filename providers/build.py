@@ -1,0 +1,304 @@
+"""Building the next snapshot from the previous one and a change batch.
+
+Two pure steps around the one thing that waits (reading secrets, the holder's job):
+
+    plan(batch)                                   validate each document as written, hold it
+                                                  to the rules, find its references
+    build_snapshot(previous, batch, plan, ...)    resolve references, swap entries in, refuse
+                                                  what would leave a webhook without its
+                                                  connection, and return the new snapshot
+
+A document that fails is skipped: its previous good version stays in force and the reason is
+recorded in the snapshot's `errors` under its key. The dependency indexes (which webhooks use a
+connection, which resources read a Vault path) belong to the holder's single writer task and
+are kept up to date here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from immutables import Map, MapMutation
+
+from providers import reference_fields, sandbox
+from providers.errors import DocumentErrors, Location, ReferenceError_
+from providers.loader import RESOURCE_ADAPTER, validate_document
+from providers.provider import ChangeBatch, RawDoc
+from providers.references import Ref, VaultRef, parse, refs_in
+from providers.resources import AnyResource, ResourceKey, Webhook, connection_keys, key_of
+from providers.snapshot import Entry, Snapshot, dangling
+
+log = logging.getLogger(__name__)
+_NO_PATHS: frozenset[str] = frozenset()
+Entries = MapMutation[ResourceKey, Entry]
+Errors = MapMutation[str, str]
+
+
+class Failed(Exception):
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        self.message = message
+        self.retryable = retryable  # a Vault reference that may resolve later
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    key: ResourceKey
+    raw: RawDoc
+    resource: AnyResource  # as written: references not resolved
+    sites: tuple[reference_fields.Site, ...]  # where its references are
+    vault_paths: frozenset[str]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    prepared: tuple[Prepared, ...]
+    failed: tuple[tuple[ResourceKey, RawDoc, Failed], ...]
+
+    @property
+    def vault_paths(self) -> set[str]:
+        return set().union(*(p.vault_paths for p in self.prepared))
+
+
+@dataclass
+class Indexes:
+    """Who depends on what, for the holder's writer task only (requests never read these)."""
+
+    conn_users: dict[str, set[ResourceKey]] = field(default_factory=dict)
+    path_users: dict[str, set[ResourceKey]] = field(default_factory=dict)
+    # Resources that failed on a reference that may resolve later (Vault), to retry.
+    retry: dict[ResourceKey, RawDoc] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.conn_users.clear()
+        self.path_users.clear()
+        self.retry.clear()
+
+    def add(self, key: ResourceKey, entry: Entry) -> None:
+        if isinstance(entry.resource, Webhook):
+            for cname in entry.resource.spec.connections():
+                self.conn_users.setdefault(cname, set()).add(key)
+        for path in entry.vault_paths:
+            self.path_users.setdefault(path, set()).add(key)
+
+    def remove(self, key: ResourceKey, entry: Entry) -> None:
+        if isinstance(entry.resource, Webhook):
+            for cname in entry.resource.spec.connections():
+                self.conn_users.get(cname, set()).discard(key)
+        for path in entry.vault_paths:
+            self.path_users.get(path, set()).discard(key)
+
+
+# -- step 1: plan -------------------------------------------------------------------------
+
+
+def plan(batch: ChangeBatch) -> Plan:
+    prepared: list[Prepared] = []
+    failed: list[tuple[ResourceKey, RawDoc, Failed]] = []
+    for key, raw in batch.puts.items():
+        try:
+            prepared.append(prepare(key, raw, batch.revision))
+        except Failed as exc:
+            failed.append((key, raw, exc))
+    return Plan(tuple(prepared), tuple(failed))
+
+
+def prepare(key: ResourceKey, raw: RawDoc, revision: int) -> Prepared:
+    """Validate the document as written and hold it to the rules, before any secret is read.
+
+    References are resolved later, and only in the fields that take them (see
+    `providers/reference_fields.py`): never by substituting text across the document.
+    """
+    resource = _validate_written(key, raw)
+    doc: Mapping[str, Any] | None = raw if isinstance(raw, Mapping) else None
+    sites = reference_fields.locate(resource)
+    if isinstance(raw, bytes):
+        in_sites = sum(reference_fields.count_in_text(site.text) for site in sites)
+        # Every reference opener in the text sits in a field that takes references: the common
+        # case, decided without parsing. Otherwise look closer.
+        if reference_fields.count_in_text(raw.decode("utf-8", "replace")) != in_sites:
+            doc = parse_bytes(raw)
+    if doc is not None:
+        misplaced = sandbox.problems(doc, resource)
+        if misplaced:
+            raise Failed("; ".join(map(str, misplaced)))
+    if resource.metadata.sandbox and key.namespace is not None:
+        if doc is None:
+            doc = parse_bytes(raw)  # type: ignore[arg-type]  # None only for bytes
+        refused = sandbox.tenant_problems(doc, key.namespace)
+        if refused:
+            raise Failed("refused by the tenant rules: " + "; ".join(map(str, refused)))
+    paths: set[str] = set()
+    for site in sites:
+        try:
+            paths.update(r.path for r in parse(site.text).refs if isinstance(r, VaultRef))
+        except ReferenceError_ as exc:
+            raise Failed(f"{site.path}: {exc}") from None
+    return Prepared(key, raw, resource, tuple(sites), frozenset(paths) or _NO_PATHS, revision)
+
+
+def _validate_written(key: ResourceKey, raw: RawDoc) -> AnyResource:
+    location = Location(str(key))
+    try:
+        if isinstance(raw, bytes):
+            try:
+                return RESOURCE_ADAPTER.validate_json(raw)
+            except ValueError:
+                # Slow path only for invalid values: re-parse for a precise message.
+                return validate_document(parse_bytes(raw), location)
+        return validate_document(raw, location)
+    except DocumentErrors as exc:
+        raise Failed("; ".join(f"{e.path}: {e.reason}" for e in exc.errors)) from None
+
+
+def parse_bytes(raw: bytes) -> Mapping[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise Failed(f"value is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Failed(f"value is a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def vault_paths(raw: RawDoc) -> set[str]:
+    """The Vault paths a stored document refers to (for retrying it when secrets change)."""
+    try:
+        doc = json.loads(raw) if isinstance(raw, bytes) else raw
+        return {r.path for rs in refs_in(doc).values() for r in rs if isinstance(r, VaultRef)}
+    except (ValueError, ReferenceError_):
+        return set()
+
+
+# -- step 2: build ------------------------------------------------------------------------
+
+
+def build_snapshot(
+    previous: Snapshot,
+    batch: ChangeBatch,
+    planned: Plan,
+    resolve: Callable[[Ref], str],
+    indexes: Indexes,
+) -> Snapshot:
+    """The snapshot `batch` makes of `previous`; secrets of `planned` must be readable now."""
+    entries = previous.entries.mutate()
+    errors: Errors = (Map() if batch.full else previous.errors).mutate()
+    if batch.full:
+        indexes.clear()
+        for key in previous.entries.keys():
+            if key not in batch.puts:
+                del entries[key]
+    for err_source in batch.source_errors:
+        errors[f"source:{err_source.split(':', 1)[0]}"] = err_source
+    for key, raw, exc in planned.failed:
+        _fail(key, raw, exc, entries, errors, indexes)
+    memo: dict[str, str] = {}  # resolved references, for this build only
+    for p in planned.prepared:
+        _build_one(p, entries, errors, batch.full, memo, resolve, indexes)
+    for key in batch.deletes:
+        indexes.retry.pop(key, None)
+        if str(key) in errors:
+            del errors[str(key)]
+        old = entries.get(key)
+        if old is not None:
+            del entries[key]
+            indexes.remove(key, old)
+    _refuse_dangling(batch, previous, entries, errors, indexes)
+    snapshot = Snapshot(batch.revision, entries.finish(), errors.finish())
+    if batch.full:
+        for key, entry in snapshot.entries.items():
+            indexes.add(key, entry)
+    return snapshot
+
+
+def _resolved(p: Prepared, memo: dict[str, str], resolve: Callable[[Ref], str]) -> AnyResource:
+    if not p.sites:
+        return p.resource
+
+    def render(text: str) -> str:
+        value = memo.get(text)
+        if value is None:
+            value = memo[text] = parse(text).render(resolve)
+        return value
+
+    try:
+        return reference_fields.resolve(p.resource, render, p.sites)  # type: ignore[no-any-return]
+    except ReferenceError_ as exc:
+        raise Failed(str(exc), retryable=bool(p.vault_paths)) from None
+    except reference_fields.InvalidAfterResolving as exc:
+        raise Failed(f"invalid after resolving references: {exc}") from None
+
+
+def _build_one(
+    p: Prepared, entries: Entries, errors: Errors, full: bool, memo: dict[str, str],
+    resolve: Callable[[Ref], str], indexes: Indexes,
+) -> None:
+    try:
+        resource = _resolved(p, memo, resolve)
+        actual = key_of(resource)
+        if actual != p.key:
+            raise Failed(f"document is {actual} but is stored as {p.key}")
+    except Failed as exc:
+        _fail(p.key, p.raw, exc, entries, errors, indexes)
+        return
+    old = entries.get(p.key)
+    if old is not None and not full:
+        indexes.remove(p.key, old)
+    entry = Entry(p.raw, resource, p.vault_paths, p.revision)
+    entries[p.key] = entry
+    if not full:
+        indexes.add(p.key, entry)
+    indexes.retry.pop(p.key, None)
+    if str(p.key) in errors:
+        del errors[str(p.key)]
+
+
+def _fail(key: ResourceKey, raw: RawDoc, exc: Failed, entries: Entries, errors: Errors,
+          indexes: Indexes) -> None:
+    kept = " (previous version kept)" if key in entries else ""
+    errors[str(key)] = exc.message + kept
+    log.warning("skipping %s: %s%s", key, exc.message, kept)
+    if exc.retryable:
+        indexes.retry[key] = raw
+
+
+def _refuse_dangling(batch: ChangeBatch, previous: Snapshot, entries: Entries, errors: Errors,
+                     indexes: Indexes) -> None:
+    """Keep deleted connections that webhooks still use; refuse webhooks that lack one."""
+    suspects: Iterable[ResourceKey]
+    if batch.full:
+        suspects = [k for k in batch.puts if k.kind == "Webhook"]
+    else:
+        names = {k.name for k in batch.deletes if k.kind == "Connection"}
+        suspects = {k for n in names for k in indexes.conn_users.get(n, ())}
+        suspects |= {k for k in batch.puts if k.kind == "Webhook"}
+    for wkey, cname in dangling(entries, suspects):
+        entry = entries.get(wkey)
+        if entry is None:
+            continue  # an earlier connection of this webhook already refused it
+        restored = next((ckey for ckey in connection_keys(wkey.namespace, cname)
+                         if ckey in batch.deletes and ckey in previous.entries), None)
+        if restored is not None:
+            old = previous.entries[restored]
+            entries[restored] = old
+            indexes.add(restored, old)
+            errors[str(restored)] = f"deletion refused: still used by {wkey}"
+            continue
+        message = (f"connection {cname!r} exists neither in namespace {wkey.namespace!r} "
+                   "nor globally")
+        indexes.remove(wkey, entry)
+        old_hook = previous.entries.get(wkey)
+        if (old_hook is not None and old_hook is not entry
+                and not dangling(entries, [wkey], {wkey: old_hook})):
+            entries[wkey] = old_hook
+            indexes.add(wkey, old_hook)
+            message += " (previous version kept)"
+        else:
+            del entries[wkey]
+        errors[str(wkey)] = message
+        log.warning("skipping %s: %s", wkey, message)
