@@ -57,7 +57,8 @@ class FileProvider:
         root = self._root()
         files = list(iter_files(root)) if root.exists() else []
         stats = []
-        for f in (*files, root / CANARY_FILE):
+        extra = (root / CANARY_FILE,) if root.is_dir() else ()
+        for f in (*files, *extra):
             try:
                 st = f.stat()
             except FileNotFoundError:
