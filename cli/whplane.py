@@ -40,6 +40,9 @@ def gateway(
     state_dir: Annotated[Path | None, typer.Option(help="[env WH_STATE_DIR]")] = None,
     redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
     gateway_id: Annotated[str | None, typer.Option(help="[env WH_GATEWAY_ID]")] = None,
+    labels: Annotated[str | None, typer.Option(
+        help="k=v,k2=v2: shown in the fleet, matched by canary selectors "
+             "[env WH_GATEWAY_LABELS]")] = None,
     log_json: Annotated[bool | None, typer.Option("--log-json/--log-text",
                                                   help="[env WH_LOG_JSON]")] = None,
     max_concurrent_requests: Annotated[int | None, typer.Option(
@@ -67,8 +70,8 @@ def gateway(
     from data_plane.settings import GatewaySettings
 
     flags = _given(config=config, port=port, host=host, workers=workers, state_dir=state_dir,
-                   redis_url=redis_url, gateway_id=gateway_id, log_json=log_json,
-                   max_concurrent_requests=max_concurrent_requests,
+                   redis_url=redis_url, gateway_id=gateway_id, labels=labels,
+                   log_json=log_json, max_concurrent_requests=max_concurrent_requests,
                    max_connections=max_connections,
                    max_connections_per_ip=max_connections_per_ip,
                    max_header_bytes=max_header_bytes, header_timeout_s=header_timeout_s,
@@ -82,7 +85,8 @@ def gateway(
     if settings.workers > 1:
         # Each process builds its own gateway from the environment: hand the flags on there.
         for key, value in flags.items():
-            os.environ[f"WH_{key.upper()}"] = str(value)
+            name = "GATEWAY_LABELS" if key == "labels" else key.upper()
+            os.environ[f"WH_{name}"] = str(value)
         uvicorn.run("data_plane.app:app_from_env", factory=True, workers=settings.workers,
                     **server_options(settings))
         return

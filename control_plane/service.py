@@ -1,5 +1,5 @@
 """The control plane's operations, independent of HTTP: apply, diff, delete, rollback, history,
-fleet. The only writer of the store.
+fleet, canaries. The only writer of the store.
 
 What a route's path and query allow (`authz.py`) is checked before these are called; here is
 what needs the body or the stored data.
@@ -8,6 +8,13 @@ Every write, a rollback included, goes through `_admit`: the documents are valid
 each must be writable by the principal (403), and a namespace token's documents are stamped as
 sandboxed and held to the tenant rules (403, naming document, field and reason). Errors are
 those of `control_plane.errors`.
+
+Canaries: an apply with a `CanaryPlan` (admin only) writes its resources and, in the same
+commit, the canary record. While it runs every other write answers 409 naming it (dry runs
+excepted); `promote` ends it with a commit that changes no resource, `abort` with the revert of
+the canary revision's changes. `decide_canary` does either by itself when `canary.assess` says
+so. Each is a compare-and-swap on the config revision, so of several control planes deciding
+at once one wins and the others find no canary left.
 """
 
 from __future__ import annotations
@@ -18,14 +25,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from control_plane.canary import AUTOMATIC, MIN_REQUESTS, Decision, assess, baseline
 from control_plane.changes import cascade, comparable, plan, prune_targets, state_at
-from control_plane.errors import Conflict, Forbidden, Invalid, NotFound
+from control_plane.errors import (
+    BadInput,
+    CanaryRunning,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StoreFailed,
+)
 from control_plane.principal import Principal
-from control_plane.store import Change, Doc, Draft, Store, Stored, scope
+from control_plane.store import Change, Doc, Draft, HistoryRecord, Store, Stored, scope
 from control_plane.visibility import gateway_view, history_view
 from providers.errors import DocumentError, DocumentErrors, Location
 from providers.loader import plaintext_secrets, validate_documents
 from providers.resources import AnyResource, ResourceKey, Webhook, key_of
+from providers.rollout import Canary
 from providers.sandbox import stamp, tenant_problems
 
 log = logging.getLogger(__name__)
@@ -46,6 +63,15 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class CanaryPlan:
+    """What an apply asks of the canary it starts."""
+
+    selector: Mapping[str, str]
+    promote_after_s: float | None = None
+    max_error_rate: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Doc:
     key: ResourceKey
     doc: Doc
@@ -54,9 +80,11 @@ class _Doc:
 
 
 class ControlPlane:
-    def __init__(self, store: Store, allow_plaintext_secrets: bool = False) -> None:
+    def __init__(self, store: Store, allow_plaintext_secrets: bool = False,
+                 canary_min_requests: int = MIN_REQUESTS) -> None:
         self.store = store
         self.allow_plaintext_secrets = allow_plaintext_secrets
+        self.canary_min_requests = canary_min_requests
 
     # -- apply ------------------------------------------------------------------------------
 
@@ -144,7 +172,11 @@ class ControlPlane:
         prune: bool = False,
         expected_revision: int | None = None,
         message: str = "",
+        canary: CanaryPlan | None = None,
     ) -> Outcome:
+        if canary is not None and not principal.admin:
+            # A canary holds every namespace's writes back until it ends: the fleet's business.
+            raise Forbidden(f"{principal.name} may not start a canary: only the admin token may")
         admitted = self._admit(docs, principal, sources)
         wanted = {d.key: d.doc for d in admitted}
 
@@ -154,7 +186,8 @@ class ControlPlane:
             return targets
 
         return await self._change(principal, wanted, deletions, admitted, dry_run,
-                                  expected_revision, message or "apply")
+                                  expected_revision, message or _default_message(canary),
+                                  canary)
 
     async def delete(self, key: ResourceKey, principal: Principal, message: str = "",
                      dry_run: bool = False) -> Outcome:
@@ -175,10 +208,19 @@ class ControlPlane:
         dry_run: bool,
         expected_revision: int | None,
         message: str,
+        canary: CanaryPlan | None = None,
     ) -> Outcome:
         touched = {d.key: d for d in admitted}
+        # Taken before the commit: the canary's error rate counts what happens from now on.
+        zero = baseline(await self.store.gateways()) if canary and not dry_run else {}
         for _ in range(RACE_RETRIES):
             revision, current = await self.store.read()
+            if not dry_run:
+                # Read after the revision: a canary committed in between makes our commit's
+                # compare-and-swap fail, and the retry finds it here.
+                running = await self.store.canary()
+                if running is not None:
+                    raise CanaryRunning(running, revision)
             if expected_revision is not None and revision != expected_revision:
                 raise Conflict(f"expected revision {expected_revision}, the config is at "
                                f"{revision}", revision)
@@ -188,9 +230,23 @@ class ControlPlane:
             final.update(puts)
             self._check_final(final, touched, removed)
             effective = tuple(c for c in changes if c.op != "unchanged")
+            if canary is not None and not effective and not dry_run:
+                raise BadInput([(("body", "resources"), "a canary needs a change, and these "
+                                 f"documents change nothing at revision {revision}")])
             if dry_run or not effective:
                 return Outcome(revision, tuple(changes), dry_run)
             draft = Draft(puts, removed, effective, principal.name, message)
+            if canary is not None:
+                record = Canary(
+                    # The store sets the revision: on etcd it is only known once committed.
+                    revision=0, base=revision, selector=dict(canary.selector),
+                    started=time.time(), promote_after_s=canary.promote_after_s,
+                    max_error_rate=canary.max_error_rate, by=principal.name, message=message,
+                    baseline=zero)  # fmt: skip
+                draft = replace(draft, canary=record, rollout={
+                    "action": "canary", "canary": record.to_json(),
+                    "reason": f"canary for {record.selector_text()} started by {principal.name}",
+                })  # fmt: skip
             try:
                 new = await self.store.commit(draft, revision)
             except Conflict:
@@ -201,6 +257,102 @@ class ControlPlane:
                        ", ".join(f"{c.op} {c.key}" for c in effective))
             return Outcome(new, tuple(changes))
         raise Conflict("the config kept changing; try again", revision)
+
+    # -- canaries ---------------------------------------------------------------------------
+
+    async def promote(self, principal: Principal, message: str = "") -> Outcome:
+        """Every gateway serves the canary revision: a commit that ends the canary."""
+        return await self._end_canary("promote", principal.name, message,
+                                      message or f"promoted by {principal.name}")
+
+    async def abort(self, principal: Principal, message: str = "") -> Outcome:
+        """Canary gateways return to the promoted revision: the revert of the canary's changes."""
+        return await self._end_canary("abort", principal.name, message,
+                                      message or f"aborted by {principal.name}")
+
+    async def decide_canary(self, now: float | None = None) -> Decision | None:
+        """Promote or abort the running canary if `canary.assess` says so; what was decided."""
+        canary = await self.store.canary()
+        if canary is None:
+            return None
+        judged = assess(canary, await self.store.gateways(),
+                        time.time() if now is None else now, self.canary_min_requests)
+        decision = judged.decision
+        if decision is None:
+            return None
+        try:
+            await self._end_canary(decision.action, AUTOMATIC, "", decision.reason,
+                                   expect=canary.revision)
+        except NotFound:
+            return None  # another control plane decided first
+        log.log(logging.WARNING if decision.action == "abort" else logging.INFO,
+                "canary revision %d %s automatically: %s", canary.revision,
+                "aborted" if decision.action == "abort" else "promoted", decision.reason)
+        return decision
+
+    async def _end_canary(self, action: str, author: str, message: str, reason: str,
+                          expect: int | None = None) -> Outcome:
+        revision = 0
+        for _ in range(RACE_RETRIES):
+            revision, current = await self.store.read()
+            canary = await self.store.canary()
+            if canary is None or (expect is not None and canary.revision != expect):
+                raise NotFound("no canary is running")
+            changes: tuple[Change, ...] = ()
+            puts: Mapping[ResourceKey, Doc] = {}
+            removed: list[ResourceKey] = []
+            if action == "abort":
+                changes, puts, removed = await self._revert(canary, current)
+            draft = Draft(
+                puts, removed, changes, author,
+                message or f"{action} canary revision {canary.revision}: {reason}",
+                clear_canary=True,
+                rollout={"action": action, "canary": canary.to_json(), "reason": reason},
+            )  # fmt: skip
+            try:
+                new = await self.store.commit(draft, revision)
+            except Conflict:
+                continue  # an etcdctl write or another control plane: look again
+            audit.info("revision %d by %s: %s canary revision %d (%s)", new, author, action,
+                       canary.revision, reason)
+            return Outcome(new, changes)
+        raise Conflict("the config kept changing; try again", revision)
+
+    async def _revert(self, canary: Canary, current: Mapping[ResourceKey, Stored]
+                      ) -> tuple[tuple[Change, ...], dict[ResourceKey, Doc], list[ResourceKey]]:
+        """Every resource the canary revision changed, back to its value before it."""
+        record = await self.store.history_get(canary.revision)
+        if record is None:
+            raise StoreFailed(f"the history record of canary revision {canary.revision} is "
+                              "missing: cannot tell what to revert; promote it, or apply the "
+                              "previous files and delete the canary record by hand")
+        wanted = {c.key: c.before for c in record.changes
+                  if c.op != "unchanged" and c.before is not None}
+        created = [c.key for c in record.changes if c.op == "create"]
+        # No validation: the revert restores what was in force; an abort must always go.
+        changes, puts, removed = plan(current, wanted, created)
+        return tuple(c for c in changes if c.op != "unchanged"), puts, removed
+
+    async def canary_status(self, principal: Principal) -> dict[str, Any] | None:
+        """The running canary, its gateways and where it stands; None when none runs."""
+        canary = await self.store.canary()
+        if canary is None:
+            return None
+        view = assess(canary, await self.store.gateways(), time.time(),
+                      self.canary_min_requests).as_dict()
+        if principal.admin:
+            return view
+        # A namespace token: no message, no traffic figures of the fleet, and refusals of its
+        # own resources only.
+        for key in ("message", "baseline", "requests", "errors", "error_rate", "decision"):
+            view.pop(key, None)
+        view["gateways"] = [
+            {"id": g["id"], "revision": g["revision"], "health": g["health"],
+             "serving": g["serving"],
+             "refused": gateway_view({"refused": g["refused"]}, principal).get("refused", [])}
+            for g in view["gateways"]
+        ]  # fmt: skip
+        return view
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -232,7 +384,8 @@ class ControlPlane:
         out = []
         for r in records:
             if namespace is None or namespace in r.namespaces():
-                out.append(history_view(r, principal, namespace, full=False))
+                out.append(_rollout_cut(history_view(r, principal, namespace, full=False), r,
+                                        principal))
                 if len(out) >= limit:
                     break
         return out
@@ -244,7 +397,7 @@ class ControlPlane:
         if principal.namespace is not None and principal.namespace not in record.namespaces():
             raise Forbidden(f"revision {revision} did not change namespace "
                             f"{principal.namespace!r}")
-        return history_view(record, principal)
+        return _rollout_cut(history_view(record, principal), record, principal)
 
     async def rollback(self, namespace: str, principal: Principal,
                        to_revision: int | None = None, message: str = "") -> Outcome:
@@ -298,6 +451,30 @@ class ControlPlane:
         return {"revision": revision, "live": len(rows), "applied": applied,
                 "complete": bool(rows) and applied == len(rows), "gateways": rows,
                 "time": time.time()}
+
+
+def _default_message(canary: CanaryPlan | None) -> str:
+    if canary is None:
+        return "apply"
+    return "canary for " + ",".join(f"{k}={v}" for k, v in sorted(canary.selector.items()))
+
+
+def _rollout_cut(view: dict[str, Any], record: HistoryRecord,
+                 principal: Principal) -> dict[str, Any]:
+    """A namespace token sees that a rollout decision was taken, and why only when the revision
+    changed its namespace alone (an abort's reason may name other namespaces' resources)."""
+    rollout = view.get("rollout")
+    if principal.admin or not isinstance(rollout, Mapping):
+        return view
+    raw = rollout.get("canary")
+    canary: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    cut: dict[str, Any] = {
+        "action": rollout.get("action"),
+        "canary": {k: canary.get(k) for k in ("revision", "base", "selector") if k in canary},
+    }
+    if record.namespaces() == {principal.namespace}:
+        cut["reason"] = rollout.get("reason")
+    return {**view, "rollout": cut}
 
 
 def _check_deletes(principal: Principal, keys: Sequence[ResourceKey]) -> None:

@@ -27,6 +27,7 @@ from data_plane.ids import IdSource
 from data_plane.metrics import GatewayMetrics
 from data_plane.queue import DeliveryQueue
 from data_plane.ratelimit import RateLimiter
+from data_plane.refusals import Refusals
 from data_plane.registration import VERSION, heartbeat_loop, registrar_for
 from data_plane.settings import GatewaySettings
 from data_plane.worker import Worker
@@ -58,7 +59,13 @@ class Gateway:
             last_good=LastGood(settings.state_dir / f"last-good-{tag}.jsonl"),
             source=settings.config,
             secret_ttl_s=settings.secret_ttl,
+            labels=settings.labels,
         )
+        self._refusals = Refusals.of(self.holder.current)
+        # Set on every published snapshot: the heartbeat reports a new revision or a changed
+        # set of refused resources at once, not a heartbeat later.
+        self._published = asyncio.Event()
+        self.holder.on_publish(lambda _snap: self._published.set())
         self.compiled = CompiledCache()
         self.ids = IdSource()
         self.clients = Clients()
@@ -121,6 +128,10 @@ class Gateway:
             "whplane_worker_reclaimed": ("Deliveries taken over from dead consumers",
                                          lambda: self._worker_stat("reclaimed")),
         })  # fmt: skip
+        self.metrics.probe_by(
+            "whplane_refused_resources",
+            "Resources of the served revision this gateway refuses, by namespace",
+            "namespace", lambda: self.refusals().by_namespace)
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -133,8 +144,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._probe_loop(), name="probes"))
         if self.registrar is not None:
             self._tasks.append(asyncio.create_task(heartbeat_loop(
-                self.registrar, self.record, self.settings.heartbeat_s,
-                lambda: self.holder.wait_newer(self.holder.current.revision),
+                self.registrar, self.record, self.settings.heartbeat_s, self._published,
             ), name="registration"))  # fmt: skip
 
     async def stop(self) -> None:
@@ -247,15 +257,29 @@ class Gateway:
 
     # -- reporting --------------------------------------------------------------------------
 
+    def refusals(self) -> Refusals:
+        """What the served snapshot refuses, computed once per snapshot."""
+        snap = self.holder.current
+        if self._refusals.snapshot is not snap:
+            self._refusals = Refusals.of(snap)
+        return self._refusals
+
     def health(self) -> str:
         if not self.holder.ready:
             return "starting"
-        if self.provider.status.state is not ProviderState.CONNECTED:
+        if self.provider.status.state is not ProviderState.CONNECTED or self.refusals().total:
             return "degraded"
         return "ok"
 
     def record(self) -> dict[str, Any]:
+        """The registration record: what the control plane knows of this gateway.
+
+        `revision` is the snapshot served; `refused` lists the resources of it that this
+        gateway refuses (bounded, `refused_total` counts them all), so the control plane never
+        counts it as serving a revision whose resource it did not take.
+        """
         snap = self.holder.current
+        refusals = self.refusals()
         last_error = self.provider.status.last_error or next(iter(snap.errors.values()), None)
         return {
             "id": self.settings.gateway_id,
@@ -264,6 +288,12 @@ class Gateway:
             "health": self.health(),
             "last_error": last_error,
             "started_at": self.started_at,
+            "labels": dict(self.settings.labels),
+            "refused": refusals.reported(),
+            "refused_total": refusals.total,
+            "source_errors": list(refusals.source_errors),
+            "stats": {"requests": self.metrics.requests_total,
+                      "errors": self.metrics.errors_total},
         }
 
     def status(self) -> dict[str, Any]:

@@ -1,7 +1,13 @@
 """`POST /webhook/{namespace}/{name}`: the hot path, as a plain ASGI app.
 
-One snapshot is read at the start and used to the end; its revision goes out in
-`X-Whplane-Revision` on every answer. The stages, in order: admit (ready, method, load),
+One snapshot is read at the start and used to the end. Every answer carries
+`X-Whplane-Revision`: before the lookup, the snapshot's revision; once the webhook is found, its
+endpoint's (`providers.snapshot.Endpoint.revision`). The two differ only when the snapshot
+refused the latest version of the webhook, its Namespace or one of its connections and kept an
+older one in force: a gateway that refused what revision N changed must not answer "N" with the
+version before it, or a client (and `rollout status` users checking answers) would believe it
+got N. The endpoint then names the newest revision that wrote a version it actually holds. The
+stages, in order: admit (ready, method, load),
 lookup, read the body (declared size first, then a stream cut at the limit), verify, rate
 limits (after verification, so unsigned floods cannot use up a sender's limit), payload checks,
 then deliver: the chain in `sync` mode, or a durable enqueue in `async` mode (202 only once
@@ -153,6 +159,7 @@ class Ingest:
         try:
             self._admit(scope)
             self._lookup(req)
+            reply.revision = req.endpoint.revision
             await self._read_body(req, receive)
             if self.working >= self.max_concurrent:
                 raise _Refused(503, "overloaded", "overloaded", retry_after=1)

@@ -1,13 +1,14 @@
 """Prometheus metrics of a gateway, in a registry the app owns (no process-global registry).
 
 What operators alert on: rejects by reason, delivery failures, retries, DLQ size, queue depth,
-the applied config revision, config errors, and whether etcd, Vault and Redis are reachable.
-Gauges that describe the world (queue depth, DLQ size, provider state) are read when scraped.
+the applied config revision, config errors and refused resources, and whether etcd, Vault and
+Redis are reachable. Gauges that describe the world (queue depth, DLQ size, provider state) are
+read when scraped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 Probes = dict[str, tuple[str, Callable[[], float | None]]]
+# Outcomes (see data_plane.ingest) a sender would call a failure: 5xx answers and refused
+# signatures. What the gateway reports as `stats.errors`, and canaries are judged on.
+ERROR_OUTCOMES = frozenset({"unavailable", "overloaded", "misconfigured", "failed",
+                            "unauthorized"})
 
 
 class _Probe(Collector):
@@ -40,6 +45,24 @@ class _Probe(Collector):
                     yield family(name, doc, value=value)
 
 
+class _LabelledProbe(Collector):
+    """One gauge family with a label, its samples read at scrape time from a callable."""
+
+    def __init__(self, name: str, doc: str, label: str,
+                 fn: Callable[[], Mapping[str, float]]) -> None:
+        self._name, self._doc, self._label, self._fn = name, doc, label, fn
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self._name, self._doc, labels=[self._label])
+        try:
+            samples = self._fn()
+        except Exception:  # a probe must never break the scrape
+            samples = {}
+        for value, sample in sorted(samples.items()):
+            family.add_metric([value], sample)
+        yield family
+
+
 @dataclass
 class GatewayMetrics:
     registry: CollectorRegistry
@@ -50,9 +73,16 @@ class GatewayMetrics:
     # Labelled children, looked up once: `labels()` costs more than the increment itself.
     # Bounded: namespaces come from the config ("_unknown" for everything else).
     _children: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    # Every webhook request and those in ERROR_OUTCOMES since the process started: the
+    # `stats` of the registration record.
+    requests_total: int = 0
+    errors_total: int = 0
 
     def request(self, namespace: str, outcome: str) -> None:
         self._child(self.requests, namespace, outcome).inc()
+        self.requests_total += 1
+        if outcome in ERROR_OUTCOMES:
+            self.errors_total += 1
 
     def delivery(self, namespace: str, mode: str, result: str) -> None:
         self._child(self.deliveries, namespace, mode, result).inc()
@@ -96,6 +126,11 @@ class GatewayMetrics:
     def probe(self, gauges: Probes, counters: Probes | None = None) -> None:
         """Add gauges and counters read at scrape time from state owned elsewhere."""
         self.registry.register(_Probe(gauges, counters or {}))
+
+    def probe_by(self, name: str, doc: str, label: str,
+                 fn: Callable[[], Mapping[str, float]]) -> None:
+        """Add a gauge with one label whose values `fn` gives at scrape time ({} for none)."""
+        self.registry.register(_LabelledProbe(name, doc, label, fn))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

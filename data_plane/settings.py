@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from providers.last_good import default_state_dir
+from providers.rollout import parse_selector
 
 
 def _default_gateway_id() -> str:
@@ -21,11 +23,18 @@ def _default_gateway_id() -> str:
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WH_", extra="ignore", frozen=True)
+    # populate_by_name: `labels` is given by that name on the command line, and read from
+    # WH_GATEWAY_LABELS (its alias) in the environment.
+    model_config = SettingsConfigDict(env_prefix="WH_", extra="ignore", frozen=True,
+                                      populate_by_name=True)
 
     config: str = Field(description="file:PATH | etcd://HOST:PORT[,...]/PREFIX | vault://MOUNT/PATH")
     redis_url: str | None = Field(default=None, description="Redis for async delivery and limits")
     gateway_id: str = Field(default_factory=_default_gateway_id)
+    # NoDecode: the environment gives `k=v,k2=v2`, not JSON.
+    labels: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, validation_alias="wh_gateway_labels",
+        description="k=v,k2=v2: reported in the fleet; canary selectors match them")
     state_dir: Path = Field(default_factory=default_state_dir)
     secret_ttl: float = Field(default=60.0, gt=0, description="seconds between secret re-reads")
     host: str = "127.0.0.1"
@@ -55,3 +64,10 @@ class GatewaySettings(BaseSettings):
                                   description="end of the head to the end of the body")
     keepalive_timeout_s: float = Field(default=5.0, gt=0,
                                        description="idle connection, fresh or between requests")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _parse_labels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_selector(value) if value.strip() else {}
+        return value
