@@ -72,7 +72,12 @@ def _resource(allowed: Callable[[Principal, ResourceKey], bool], verb: str) -> C
 
 PUBLIC = Rule(Access.PUBLIC)
 ADMIN = Rule(Access.ADMIN)
-DOCUMENTS = Rule(Access.TENANT, "each document: Principal.can_write, then the tenant rules")
+DOCUMENTS = Rule(Access.TENANT, "each document: Principal.can_write, then the tenant rules; "
+                 "starting a canary (the body's `canary`): admin only")
+# A canary spans the fleet and every namespace: promoting or aborting one would write (or
+# revert) other namespaces' resources, so no namespace token may, not even for a canary that
+# only changed its own namespace. A namespace token sees the canary in rollout status.
+ROLLOUT_DECISION = Rule(Access.ADMIN, "a canary's changes may span every namespace")
 
 ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/healthz"): PUBLIC,
@@ -94,7 +99,11 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/rollback"): Rule(
         Access.TENANT, "the body's namespace: Principal.can_manage; then as an apply"),
     ("GET", "/v1/gateways"): Rule(Access.TENANT, "records cut to what it may see"),
-    ("GET", "/v1/rollout/status"): Rule(Access.TENANT, "records cut to what it may see"),
+    ("GET", "/v1/rollout/status"): Rule(
+        Access.TENANT, "records cut to what it may see; of the canary, no message, traffic or "
+        "other namespaces' refusals"),
+    ("POST", "/v1/rollout/promote"): ROLLOUT_DECISION,
+    ("POST", "/v1/rollout/abort"): ROLLOUT_DECISION,
     ("POST", "/v1/tokens"): ADMIN,
     ("GET", "/v1/tokens"): ADMIN,
     ("DELETE", "/v1/tokens/{token_id}"): ADMIN,

@@ -5,13 +5,16 @@
         resources/{namespace or _global}/{Kind}/{name}.json
         .revision                                 "42"
         .change.json                              this apply's history record
+        canary.json                               the running canary's record, if one runs
     DIR/history/00000000000000000042.json         history, kept across generations
     DIR/gateways/{id}.json                        gateway heartbeats
     DIR/tokens/{digest}.json                      namespace tokens (hashed)
     DIR/.lock, DIR/.lock-tokens                   one writer at a time (flock)
 
 A gateway reading `file:DIR` resolves `..data` once per read and so sees each apply whole. The
-history record travels inside the generation, so the swap publishes both at once.
+history record and the canary record travel inside the generation, so the swap publishes them
+with the resources. The canary record is carried into each new generation until the commit that
+promotes or aborts the canary leaves it out.
 
 A crash may stop an apply between any two steps; whatever it leaves is repaired by the next
 apply, and at start:
@@ -28,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -41,6 +46,9 @@ from typing import Any
 from control_plane.store import Conflict, Draft, HistoryRecord, Stored, StoreFailed
 from providers.file import DATA_LINK, REVISION_FILE
 from providers.resources import GLOBAL, KINDS, ResourceKey
+from providers.rollout import CANARY_FILE, Canary
+
+log = logging.getLogger(__name__)
 
 CHANGE_FILE = ".change.json"
 KEEP_GENERATIONS = 3  # old generations kept for readers still inside one
@@ -130,7 +138,17 @@ class DirStore:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(json.dumps(doc, indent=2))
                 (tmp / REVISION_FILE).write_text(str(revision))
-                (tmp / CHANGE_FILE).write_text(json.dumps(draft.record(revision).as_dict()))
+                record = draft.record(revision)
+                canary = _canary_in(old_gen) if not draft.clear_canary else None
+                if draft.canary is not None:
+                    # Its revision is this commit's, known only now.
+                    canary = dataclasses.replace(draft.canary, revision=revision)
+                    if record.rollout is not None and "canary" in record.rollout:
+                        record = dataclasses.replace(
+                            record, rollout={**record.rollout, "canary": canary.to_json()})
+                if canary is not None:
+                    (tmp / CANARY_FILE).write_text(json.dumps(canary.to_json()))
+                (tmp / CHANGE_FILE).write_text(json.dumps(record.as_dict()))
                 _fsync_tree(tmp)
                 os.rename(tmp, gen)
                 _fsync_dir(self.root)
@@ -171,6 +189,18 @@ class DirStore:
                         shutil.rmtree(path, ignore_errors=True)
                     else:
                         path.unlink()
+
+    def _canary(self) -> Canary | None:
+        for _ in range(3):
+            _, gen = self._current()
+            try:
+                return _canary_in(gen, missing_ok=False)
+            except FileNotFoundError:
+                continue  # that generation was collected as we read it: read the new one
+        return None
+
+    async def canary(self) -> Canary | None:
+        return await asyncio.to_thread(self._canary)
 
     # -- history, gateways, tokens ------------------------------------------------------------
 
@@ -251,6 +281,23 @@ class DirStore:
         return await asyncio.to_thread(self._delete_token, digest)
 
     async def close(self) -> None:
+        return None
+
+
+def _canary_in(gen: Path | None, missing_ok: bool = True) -> Canary | None:
+    """The canary record of a generation; None without one, or with an unreadable one (a
+    gateway treats that as no canary too, so the control plane must not hold writes for it)."""
+    if gen is None:
+        return None
+    path = gen / CANARY_FILE
+    try:
+        return Canary.from_json(path.read_bytes())
+    except FileNotFoundError:
+        if not missing_ok and not gen.exists():
+            raise
+        return None
+    except ValueError as exc:
+        log.warning("ignoring %s: %s", path, exc)
         return None
 
 

@@ -9,6 +9,7 @@
     ├── TooLarge               413: a body over the size limit
     └── StoreError             the config store
         ├── Conflict           409: the config moved since it was read
+        │   └── CanaryRunning  409: a canary runs; promote or abort it first
         ├── StoreRefused       413: the store would not take one transaction, with the fix
         └── StoreFailed        502: the store answered with an error we do not know
 
@@ -24,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from providers.errors import DocumentError, DocumentErrors, ProviderError
+from providers.rollout import Canary
 
 
 class ControlPlaneError(Exception):
@@ -89,6 +91,23 @@ class Conflict(StoreError):
 
     def detail(self) -> Any:
         return {"error": str(self), "current_revision": self.current_revision}
+
+
+class CanaryRunning(Conflict):
+    """A write while a canary runs: there is one canary at a time, and nothing else meanwhile."""
+
+    def __init__(self, canary: Canary, current_revision: int) -> None:
+        self.canary = canary
+        super().__init__(
+            f"canary revision {canary.revision} ({canary.selector_text()}, by {canary.by}) is "
+            "running: promote it or abort it first (whctl rollout promote | abort)",
+            current_revision)
+
+    def detail(self) -> Any:
+        c = self.canary
+        return {**super().detail(), "canary": {
+            "revision": c.revision, "base": c.base, "selector": dict(c.selector), "by": c.by,
+            "started": c.started}}
 
 
 class StoreRefused(StoreError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from control_plane.routes import config, fleet, history, ops, tokens
+from control_plane.routes import config, fleet, history, ops, rollout, tokens
 
-ROUTERS = (ops.router, config.router, history.router, fleet.router, tokens.router)
+ROUTERS = (ops.router, config.router, history.router, fleet.router, rollout.router,
+           tokens.router)

@@ -11,9 +11,12 @@ from control_plane.authz import Who
 from control_plane.body import Body, openapi_body
 from control_plane.errors import BadInput
 from control_plane.routes.deps import MAX_REVISION, ApplyAnswer, Metrics, Service
+from control_plane.service import CanaryPlan
 from providers.resources import GLOBAL, KINDS, ResourceKey
+from providers.rollout import parse_selector
 
 router = APIRouter(prefix="/v1")
+MAX_WINDOW_S = 30 * 86400.0
 
 
 class ApplyRequest(BaseModel):
@@ -23,6 +26,36 @@ class ApplyRequest(BaseModel):
     expected_revision: int | None = Field(default=None, ge=0, le=MAX_REVISION)
     message: str = ""
     sources: list[str] | None = Field(default=None, description="label per document")
+    canary: str | dict[str, str] | None = Field(
+        default=None, description="start a canary: the label selector (`k=v,k2=v2` or a "
+        "mapping) of the gateways that serve this revision first; admin only")
+    promote_after_s: float | None = Field(
+        default=None, gt=0, le=MAX_WINDOW_S,
+        description="with canary: promote by itself after this many healthy seconds")
+    max_error_rate: float | None = Field(
+        default=None, ge=0, le=1,
+        description="with canary: abort by itself when the canary gateways' error rate (5xx "
+        "answers and verification failures) goes over this fraction")
+
+    def canary_plan(self) -> CanaryPlan | None:
+        if self.canary is None:
+            extra = [f for f in ("promote_after_s", "max_error_rate")
+                     if getattr(self, f) is not None]
+            if extra:
+                raise BadInput([(("body", f), "only with canary") for f in extra])
+            return None
+        try:
+            if isinstance(self.canary, str):
+                selector = parse_selector(self.canary)
+            else:
+                # Item by item: a value holding `,` or `=` must not become a second label.
+                selector = {k: v for k, v in self.canary.items()
+                            if parse_selector(f"{k}={v}") == {k: v}}
+                if len(selector) != len(self.canary) or not selector:
+                    raise ValueError("keys and values are 1-63 of A-Z a-z 0-9 . _ / -")
+        except ValueError as exc:
+            raise BadInput([(("body", "canary"), str(exc))]) from None
+        return CanaryPlan(selector, self.promote_after_s, self.max_error_rate)
 
 
 class DiffRequest(BaseModel):
@@ -34,9 +67,10 @@ class DiffRequest(BaseModel):
 @router.post("/apply", response_model=ApplyAnswer, openapi_extra=openapi_body(ApplyRequest))
 async def apply(body: Annotated[ApplyRequest, Body(ApplyRequest)], who: Who, cp: Service,
                 metrics: Metrics) -> dict[str, Any]:
+    canary = body.canary_plan()
     outcome = await metrics.timed(lambda: cp.apply(
         body.resources, who, sources=body.sources, dry_run=body.dry_run, prune=body.prune,
-        expected_revision=body.expected_revision, message=body.message))
+        expected_revision=body.expected_revision, message=body.message, canary=canary))
     return outcome.as_dict()
 
 

@@ -1,13 +1,13 @@
-"""The gateways and how far a revision has rolled out to them."""
+"""The gateways, as they registered themselves."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from control_plane.authz import Who
-from control_plane.routes.deps import MAX_REVISION, Service
+from control_plane.routes.deps import Service
 
 router = APIRouter(prefix="/v1")
 
@@ -15,11 +15,3 @@ router = APIRouter(prefix="/v1")
 @router.get("/gateways")
 async def gateways(who: Who, cp: Service) -> dict[str, Any]:
     return {"items": await cp.gateways(who)}
-
-
-@router.get("/rollout/status")
-async def rollout_status(
-    who: Who, cp: Service,
-    revision: Annotated[int | None, Query(ge=0, le=MAX_REVISION)] = None,
-) -> dict[str, Any]:
-    return await cp.rollout(who, revision)

@@ -42,6 +42,8 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("POST", "/v1/rollback"): TENANT,
     ("GET", "/v1/gateways"): ANY,
     ("GET", "/v1/rollout/status"): ANY,
+    ("POST", "/v1/rollout/promote"): ADMIN_ONLY,
+    ("POST", "/v1/rollout/abort"): ADMIN_ONLY,
     ("POST", "/v1/tokens"): ADMIN_ONLY,
     ("GET", "/v1/tokens"): ADMIN_ONLY,
     ("DELETE", "/v1/tokens/{token_id}"): ADMIN_ONLY,
@@ -81,6 +83,8 @@ class World:
         return answer
 
     async def reset(self) -> None:
+        ended = await self.client.post("/v1/rollout/abort", headers=self.headers("admin"))
+        assert ended.status_code in (200, 404), ended.text  # 404: no canary was running
         await self.admin("POST", "/v1/apply", json={"resources": [
             ns("acme"), ns("globex"), hook("a"), hook("b"), hook("g", "globex")]})
 
@@ -123,9 +127,17 @@ async def call(w: World, method: str, route: str, caller: str) -> httpx.Response
             "namespace": "acme", "to_revision": w.acme_revision}}),
         ("GET", "/v1/gateways"): ("/v1/gateways", {}),
         ("GET", "/v1/rollout/status"): ("/v1/rollout/status", {}),
+        ("POST", "/v1/rollout/promote"): ("/v1/rollout/promote", {"json": {"message": "ok"}}),
+        ("POST", "/v1/rollout/abort"): ("/v1/rollout/abort", {}),
         ("POST", "/v1/tokens"): ("/v1/tokens", {"json": {"namespace": "acme"}}),
         ("GET", "/v1/tokens"): ("/v1/tokens", {}),
     }
+    if route in ("/v1/rollout/promote", "/v1/rollout/abort"):
+        # Something to promote or abort: a canary of acme's webhook a, started by the admin.
+        await w.admin("POST", "/v1/apply", json={
+            "resources": [hook("a") | {"spec": {**hook("a")["spec"], "chain": {
+                "steps": [{"module": "log"}, {"module": "log"}]}}}],
+            "canary": "canary=true"})
     if (method, route) == ("DELETE", "/v1/tokens/{token_id}"):
         path, kw = f"/v1/tokens/{(await w.token('acme'))['id']}", {}
     else:
