@@ -439,18 +439,38 @@ class ControlPlane:
 
     async def gateways(self, principal: Principal) -> list[dict[str, Any]]:
         records = sorted(await self.store.gateways(), key=lambda g: str(g.get("id")))
-        return [gateway_view(g, principal) for g in records]
+        # Gateways of an older version report no labels and no refusals: say so explicitly.
+        return [gateway_view({"labels": {}, "refused": [], **g}, principal) for g in records]
 
     async def rollout(self, principal: Principal, revision: int | None = None) -> dict[str, Any]:
+        """How far `revision` (default: the current one) has rolled out to the live gateways.
+
+        A gateway *serves* it when its snapshot is at `revision` or later and it refuses none of
+        its resources: one that skipped a resource (a NACK) and kept an older version in force
+        is not counted as applied, and each refusal is listed (gateway, resource, reason). A
+        namespace token counts refusals of its own resources only.
+        """
         if revision is None:
             revision, _ = await self.store.read()
-        gateways = [g for g in await self.gateways(principal) if g.get("live")]
-        rows = [{"id": g.get("id"), "revision": g.get("revision"),
-                 "applied": int(g.get("revision") or 0) >= revision} for g in gateways]
+        rows: list[dict[str, Any]] = []
+        refusals: list[dict[str, Any]] = []
+        for g in await self.gateways(principal):
+            if not g.get("live"):
+                continue
+            refused = [r for r in g.get("refused") or [] if isinstance(r, Mapping)]
+            # Only an admin's view has the count; a record cut short is not a clean one.
+            hidden = int(g.get("refused_total") or 0) > len(refused)
+            at = int(g.get("revision") or 0)
+            rows.append({"id": g.get("id"), "revision": g.get("revision"),
+                         "applied": at >= revision and not refused and not hidden,
+                         "health": g.get("health"), "labels": g.get("labels") or {},
+                         "refused": refused})
+            refusals += [{"gateway": g.get("id"), "resource": r.get("resource"),
+                          "reason": r.get("reason")} for r in refused]
         applied = sum(1 for r in rows if r["applied"])
         return {"revision": revision, "live": len(rows), "applied": applied,
                 "complete": bool(rows) and applied == len(rows), "gateways": rows,
-                "time": time.time()}
+                "refusals": refusals, "time": time.time()}
 
 
 def _default_message(canary: CanaryPlan | None) -> str:

@@ -3,8 +3,10 @@
 A namespace token sees nothing of other namespaces. History records are cut to its namespace's
 changes, and a revision that also changed other namespaces keeps its author and message to
 itself (an admin's message may name them). Gateway records keep the fleet's own fields (id,
-revision, health...) and, of per-resource error maps, the entries of its namespace's resources;
-free-text errors are dropped, since nothing says whose they are.
+revision, health, labels...) and, of per-resource error maps and lists (`refused`), the entries
+of its namespace's resources; free-text errors are dropped, since nothing says whose they are,
+and so are the gateway's traffic figures (`stats`: every namespace's requests together) and its
+count of refusals.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ FLEET_FIELDS = ("id", "revision", "version", "health", "live", "age_s", "heartbe
                 "started_at", "labels")
 # Fields of list entries that name the resource the entry is about.
 RESOURCE_FIELDS = ("resource", "key")
+# Figures about every namespace at once: never shown to a namespace token.
+FLEET_WIDE = frozenset({"stats", "refused_total", "source_errors"})
 
 
 def history_view(record: HistoryRecord, principal: Principal, namespace: str | None = None,
@@ -41,14 +45,19 @@ def gateway_view(record: Mapping[str, Any], principal: Principal) -> dict[str, A
         return dict(record)
     view = {k: record[k] for k in FLEET_FIELDS if k in record}
     for field, value in record.items():
-        if field in view:
+        if field in view or field in FLEET_WIDE:
             continue
         if isinstance(value, Mapping) and value and all(_key_text(k) for k in value):
             view[field] = {k: v for k, v in value.items() if _owned(k, principal)}
         elif isinstance(value, list) and value and all(_about(e) for e in value):
             view[field] = [e for e in value if _owned(_about(e) or "", principal)]
+    if "refused" in record:  # always there, so "none of mine" reads as an empty list
+        view.setdefault("refused", [])
     own_errors = {str(text) for value in view.values() if isinstance(value, Mapping)
                   for text in value.values()}
+    for entry in view.get("refused") or []:
+        if isinstance(entry, Mapping) and "reason" in entry:
+            own_errors.add(str(entry["reason"]))
     error = record.get("last_error")
     view["last_error"] = error if error in own_errors else None
     return view
