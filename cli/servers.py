@@ -472,7 +472,8 @@ class EtcdServer(_ServerProcess):
     Ports default to free loopback ports and ``data_dir`` to ``<base_dir>/<name>.etcd``; they
     stay fixed for the object's life so restart() and kill() + start() keep the data.
     ``unsafe_no_fsync`` is for benchmarks only. ``extra_args`` come last and so override the
-    defaults (e.g. ``("--max-txn-ops", "20000", "--auto-compaction-retention", "1")``).
+    defaults (e.g. ``("--auto-compaction-retention", "1")``). etcd's own limits are left at their
+    defaults: whplane needs nothing more of etcd than a stock server.
     """
 
     kind = "etcd"
@@ -567,9 +568,6 @@ class EtcdServer(_ServerProcess):
             # Ignored by etcd once the data dir exists, so restart() just works.
             "--initial-cluster-state", "new",
             "--initial-cluster-token", self.initial_cluster_token,
-            # The control plane commits whole configs in single, large transactions.
-            "--max-txn-ops", "10000",
-            "--max-request-bytes", "33554432",
         ]  # fmt: skip
         if self.heartbeat_ms is not None:
             argv += ["--heartbeat-interval", str(self.heartbeat_ms)]

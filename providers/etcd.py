@@ -1,21 +1,37 @@
 """Config provider for `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`.
 
-`load()` reads `{prefix}resources/` at one revision R (paged, so 100k keys stay within message
-limits); `watch(R)` streams from exactly R + 1, so nothing written between the two is missed.
-One batch per store revision: the events of one transaction share their `mod_revision`, and
-etcd never splits a revision across watch responses (we do not ask for fragments).
+`load()` reads `[{prefix}r, {prefix}s)` — resources/ and rollout/ — at one revision R (paged, so
+100k keys stay within message limits); `watch(R)` streams the same range from exactly R + 1, so
+nothing written between the two is missed. One batch per store revision: the events of one
+transaction share their `mod_revision`, and etcd never splits a revision across watch
+responses (we do not ask for fragments).
+
+An apply too large for one transaction arrives as a commit record naming a staged change set
+(providers/staged_commits.py): the whole change set becomes the batch of the commit's revision,
+and the writes that later materialize it into resources/ are dropped as echoes, so a gateway
+sees the apply at once and its label never moves past the apply's revision.
+
+The canary record `{prefix}rollout/canary` travels in the batch of the revision that set or
+removed it; full batches carry the current one and, while it runs, what the canary revision
+changed as it was before (from its history record).
 
 On a broken stream it reconnects (next endpoint, exponential backoff with jitter) and resumes
-after the last revision it delivered. If that revision was compacted meanwhile, or the store is
+after the last revision it processed. If that revision was compacted meanwhile, or the store is
 a different cluster or went back in time, it reloads everything and yields a `full` batch.
+
+A watchdog compares, every `watchdog_s`, the revision the watch has processed with the store's
+config revision; a store still ahead after a grace period means the watch is stuck without
+knowing it: it reloads everything and counts a resync.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aetcd
 import aetcd.exceptions
@@ -24,40 +40,65 @@ from aetcd import rpc
 
 from providers.backoff import backoff
 from providers.errors import ProviderError, RevisionCompacted, StoreUnavailable
-from providers.etcd_conn import (
-    EtcdConnection,
-    EtcdSettings,
-    describe,
-    prefix_range_end,
-    range_prefix,
-)
+from providers.etcd_conn import EtcdConnection, EtcdSettings, describe, range_keys
 from providers.provider import ChangeBatch, ProviderState, ProviderStatus, RawDoc
 from providers.resources import ResourceKey
-from providers.store_keys import RESOURCES, meta_key, parse_resource_key
+from providers.rollout import Canary
+from providers.staged_commits import (
+    Marker,
+    Materializing,
+    Pending,
+    StagedCommitError,
+    overlay,
+    read_history,
+    read_pending,
+)
+from providers.store_keys import (
+    COMMITS,
+    RESOURCES,
+    canary_key,
+    materialized_key,
+    meta_key,
+    parse_resource_key,
+    watch_range,
+)
 
 log = logging.getLogger(__name__)
 _STREAM_ERRORS = (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, OSError, TimeoutError)
 _PUT = rpc.Event.PUT
+# A stuck watch is declared only if the store stays ahead this long after being seen ahead.
+WATCHDOG_GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     batch: ChangeBatch
     cluster_id: int
+    pending: tuple[Pending, ...]
 
 
 class EtcdProvider:
     def __init__(self, settings: EtcdSettings) -> None:
         self.settings = settings
         self._conn = EtcdConnection(settings)
-        self._prefix = settings.prefix
-        self._key = (settings.prefix + RESOURCES).encode()
-        self._meta = meta_key(settings.prefix).encode()
+        p = settings.prefix
+        self._prefix = p
+        self._start, self._end = watch_range(p)
+        self._resources = (p + RESOURCES).encode()
+        self._commits = (p + COMMITS).encode()
+        self._canary = canary_key(p).encode()
+        self._marker = materialized_key(p).encode()
+        self._meta = meta_key(p).encode()
         self._position = 0  # store revision the last full load was read at
-        self._end = prefix_range_end(self._key)
+        self._seen = 0  # store revision the watch has processed up to
+        self._memory = Materializing()
+        # A commit too large to remember: its materialization is not delivered, and a full
+        # reload follows it.
+        self._blind: str | None = None
         self._state = ProviderState.CONNECTING
         self._last_error: str | None = None
         self._reconnects = 0
+        self._resyncs = 0
         self._cluster_id: int | None = None
         self._closed = asyncio.Event()
 
@@ -73,6 +114,7 @@ class EtcdProvider:
             endpoint=self._conn.endpoint,
             last_error=self._last_error,
             reconnects=self._reconnects,
+            resyncs=self._resyncs,
         )
 
     # -- load -------------------------------------------------------------------------------
@@ -84,52 +126,115 @@ class EtcdProvider:
             self._mark_down(exc)
             raise
         self._cluster_id = loaded.cluster_id
-        self._position = loaded.batch.position
+        self._position = self._seen = loaded.batch.position
+        self._memory.clear()
+        self._blind = None
+        for pending in loaded.pending:
+            self._remember(pending)
         self._mark_up()
         return loaded.batch
 
     async def _range_all(self, client: aetcd.Client) -> _Loaded:
+        # A commit may finish materializing (and its staging vanish) between the range read
+        # and reading its staging: then read again, after it.
+        for _ in range(5):
+            try:
+                return await self._range_once(client)
+            except StagedCommitError as exc:
+                log.info("re-reading: %s", exc)
+        raise StoreUnavailable("the store kept changing under a full read")
+
+    async def _range_once(self, client: aetcd.Client) -> _Loaded:
+        timeout = self.settings.timeout_s
+        header, kvs = await range_keys(client, self._start, self._end, timeout)
+        resources: list[Any] = []
+        pending: list[Pending] = []
+        marker: Marker | None = None
+        canary_kv: Any = None
+        for kv in kvs:
+            key = bytes(kv.key)
+            if key.startswith(self._resources):
+                resources.append(kv)
+            elif key.startswith(self._commits):
+                pending.append(await read_pending(client, self._prefix, kv, timeout))
+            elif key == self._marker:
+                marker = Marker.parse(kv.value)
+            elif key == self._canary:
+                canary_kv = kv
+        meta = await client.kvstub.Range(
+            rpc.RangeRequest(key=self._meta, revision=header.revision, keys_only=True),
+            timeout=timeout, metadata=client.metadata,
+        )  # fmt: skip
         puts: dict[ResourceKey, RawDoc] = {}
         errors: list[str] = []
-        header, kvs = await range_prefix(client, self._key, self.settings.timeout_s)
-        for kv in kvs:
-            self._put(kv, puts, errors)
         # Label the snapshot with the config's own revision (the latest apply, or the newest
         # resource written directly), not etcd's current one, which heartbeats move: every
         # gateway with the same config then reports the same revision.
-        meta = await client.kvstub.Range(
-            rpc.RangeRequest(key=self._meta, revision=header.revision, keys_only=True),
-            timeout=self.settings.timeout_s, metadata=client.metadata,
-        )  # fmt: skip
-        config_revision = max([kv.mod_revision for kv in (*kvs, *meta.kvs)], default=0)
-        return _Loaded(
-            ChangeBatch(config_revision, puts, full=True, source_errors=tuple(errors),
-                        position=header.revision),
-            header.cluster_id,
-        )
+        config_revision = max([kv.mod_revision for kv in meta.kvs], default=0)
+        for key, (value, revision) in overlay(resources, pending, marker).items():
+            config_revision = max(config_revision, revision)
+            self._put(key, value, puts, errors)
+        canary = self._parse_canary(canary_kv.value, errors) if canary_kv is not None else None
+        before = await self._canary_before(client, canary, errors) if canary else None
+        batch = ChangeBatch(config_revision, puts, full=True, source_errors=tuple(errors),
+                            position=header.revision, canary_changed=True, canary=canary,
+                            canary_before=before)
+        return _Loaded(batch, header.cluster_id, tuple(pending))
 
-    def _put(self, kv: rpc.KeyValue, puts: dict[ResourceKey, RawDoc], errors: list[str]) -> None:
+    async def _canary_before(self, client: aetcd.Client, canary: Canary,
+                             errors: list[str]) -> dict[ResourceKey, RawDoc | None] | None:
+        """What the canary revision changed, as it was before it (its history record)."""
+        record = await read_history(client, self._prefix, canary.revision,
+                                    self.settings.timeout_s)
+        if record is None:
+            errors.append(f"canary: no history record of revision {canary.revision}")
+            return None
+        out: dict[ResourceKey, RawDoc | None] = {}
+        for change in record.get("changes", ()):
+            if change.get("op") == "unchanged":
+                continue
+            key = ResourceKey(change["kind"], change.get("namespace"), change["name"])
+            before = change.get("before")
+            out[key] = json.dumps(before).encode() if before is not None else None
+        return out
+
+    def _parse_canary(self, raw: bytes, errors: list[str]) -> Canary | None:
         try:
-            puts[parse_resource_key(self._prefix, kv.key.decode())] = kv.value
+            return Canary.from_json(bytes(raw))
+        except ValueError as exc:
+            # Treated as no canary: every gateway serves the store as it is.
+            errors.append(f"canary: {exc}")
+            return None
+
+    def _put(self, key: bytes, value: bytes, puts: dict[ResourceKey, RawDoc],
+             errors: list[str]) -> None:
+        try:
+            puts[parse_resource_key(self._prefix, key.decode())] = value
         except (ValueError, UnicodeDecodeError) as exc:
-            errors.append(f"{kv.key!r}: {exc}")
+            errors.append(f"{key!r}: {exc}")
+
+    def _remember(self, pending: Pending) -> None:
+        if not self._memory.remember(pending):
+            log.warning("commit %s changes %d resources, more than this gateway keeps track "
+                        "of while they materialize: reloading once they have",
+                        pending.id, len(pending.changes))
+            self._blind = pending.id
 
     # -- watch ------------------------------------------------------------------------------
 
     async def watch(self, after_revision: int) -> AsyncIterator[ChangeBatch]:
-        last = max(after_revision, self._position)
+        self._seen = max(after_revision, self._position)
         attempt = 0
         while not self._closed.is_set():
             try:
-                async for batch in self._stream(last):
+                async for batch in self._stream(self._seen):
                     attempt = 0
-                    last = batch.revision
                     yield batch
-            except (RevisionCompacted, _Restart) as exc:
-                log.warning("etcd cannot resume after revision %d (%s): full reload", last, exc)
+            except (RevisionCompacted, _Restart, StagedCommitError) as exc:
+                log.warning("etcd cannot resume after revision %d (%s): full reload",
+                            self._seen, exc)
                 reloaded = await self._reload_or_none()
                 if reloaded is not None:
-                    last = reloaded.resume_after
                     yield reloaded
                     continue
             except (ProviderError, *_STREAM_ERRORS) as exc:
@@ -140,7 +245,7 @@ class EtcdProvider:
             self._reconnects += 1
             delay = backoff(attempt, cap=3.0)  # a config store back up is noticed within 3 s
             attempt += 1
-            log.info("reconnecting to etcd in %.2fs (from revision %d)", delay, last + 1)
+            log.info("reconnecting to etcd in %.2fs (from revision %d)", delay, self._seen + 1)
             try:
                 await asyncio.wait_for(self._closed.wait(), delay)
             except TimeoutError:
@@ -157,7 +262,7 @@ class EtcdProvider:
         # Ask where the store is first: a cluster that changed identity or went back in time
         # cannot resume from `after`.
         head = await client.kvstub.Range(
-            rpc.RangeRequest(key=self._key, range_end=self._end, count_only=True),
+            rpc.RangeRequest(key=self._start, range_end=self._end, count_only=True),
             timeout=self.settings.timeout_s,
             metadata=client.metadata,
         )
@@ -168,59 +273,141 @@ class EtcdProvider:
         self._mark_up()
 
         stop = asyncio.Event()
+        stuck = asyncio.Event()
 
         async def requests() -> AsyncIterator[rpc.WatchRequest]:
             yield rpc.WatchRequest(
                 create_request=rpc.WatchCreateRequest(
-                    key=self._key, range_end=self._end, start_revision=after + 1,
+                    key=self._start, range_end=self._end, start_revision=after + 1,
                     progress_notify=True,
                 )
             )  # fmt: skip
             await stop.wait()
 
         call = rpc.WatchStub(client.channel).Watch(requests(), metadata=client.metadata)
-        closer = asyncio.create_task(self._cancel_on_close(call))
+        helpers = [asyncio.create_task(self._cancel_on_close(call))]
+        if self.settings.watchdog_s > 0:
+            helpers.append(asyncio.create_task(self._watchdog(stuck)))
         try:
-            async for resp in call:
+            async for resp in _until(call, stuck):
                 if resp.compact_revision:
                     raise RevisionCompacted(resp.compact_revision)
                 if resp.canceled:
                     raise StoreUnavailable(f"watch canceled: {resp.cancel_reason or 'no reason'}")
-                for batch in self._batches(resp.events):
+                async for batch in self._batches(client, resp.events):
                     yield batch
         finally:
             stop.set()
-            closer.cancel()
+            for task in helpers:
+                task.cancel()
             call.cancel()
 
     async def _cancel_on_close(self, call: object) -> None:
         await self._closed.wait()
         call.cancel()  # type: ignore[attr-defined]
 
-    def _batches(self, events: object) -> list[ChangeBatch]:
-        out: list[ChangeBatch] = []
-        revision = None
+    async def _batches(self, client: aetcd.Client, events: Iterable[Any]
+                       ) -> AsyncIterator[ChangeBatch]:
+        group: list[Any] = []
+        for ev in events:
+            if group and ev.kv.mod_revision != group[0].kv.mod_revision:
+                batch = await self._batch(client, group)
+                if batch is not None:
+                    yield batch
+                group = []
+            group.append(ev)
+        if group:
+            batch = await self._batch(client, group)
+            if batch is not None:
+                yield batch
+
+    async def _batch(self, client: aetcd.Client, events: list[Any]) -> ChangeBatch | None:
+        """The batch of one store revision, or None when nothing in it concerns a reader."""
+        revision = int(events[0].kv.mod_revision)
         puts: dict[ResourceKey, RawDoc] = {}
         deletes: set[ResourceKey] = set()
         errors: list[str] = []
-        for ev in events:  # type: ignore[attr-defined]
-            rev = ev.kv.mod_revision
-            if revision is not None and rev != revision:
-                out.append(ChangeBatch(revision, puts, frozenset(deletes), False, tuple(errors)))
-                puts, deletes, errors = {}, set(), []
-            revision = rev
-            if ev.type == _PUT:
-                self._put(ev.kv, puts, errors)
-                continue
+        canary_changed, canary, relevant = False, None, False
+        restart: str | None = None
+        for ev in events:
+            key = bytes(ev.kv.key)
+            value = bytes(ev.kv.value) if ev.type == _PUT else None
+            if key.startswith(self._resources):
+                if self._blind is not None or self._memory.echo(key, value):
+                    continue  # a materialization of what a commit already delivered
+                relevant = True
+                self._change(key, value, puts, deletes, errors)
+            elif key == self._canary:
+                relevant = canary_changed = True
+                canary = self._parse_canary(value, errors) if value is not None else None
+            elif key.startswith(self._commits):
+                if value is None:
+                    staged_id = key[len(self._commits):].decode()
+                    self._memory.forget(staged_id)
+                    if self._blind == staged_id:
+                        restart = f"commit {staged_id} materialized"
+                    continue
+                pending = await read_pending(client, self._prefix, ev.kv,
+                                             self.settings.timeout_s)
+                relevant = True
+                for k, v in pending.changes.items():
+                    self._change(k, v, puts, deletes, errors)
+                self._remember(pending)
+        self._seen = max(self._seen, revision)
+        if restart is not None:
+            raise _Restart(restart)
+        if not relevant:
+            return None
+        return ChangeBatch(revision, puts, frozenset(deletes), False, tuple(errors),
+                           canary_changed=canary_changed, canary=canary)
+
+    def _change(self, key: bytes, value: bytes | None, puts: dict[ResourceKey, RawDoc],
+                deletes: set[ResourceKey], errors: list[str]) -> None:
+        if value is not None:
+            self._put(key, value, puts, errors)
+            return
+        try:
+            rkey = parse_resource_key(self._prefix, key.decode())
+        except (ValueError, UnicodeDecodeError):
+            return  # a stray key that never was a resource
+        puts.pop(rkey, None)
+        deletes.add(rkey)
+
+    # -- watchdog ---------------------------------------------------------------------------
+
+    async def _watchdog(self, stuck: asyncio.Event) -> None:
+        grace = min(WATCHDOG_GRACE_S, self.settings.watchdog_s)
+        while True:
+            await asyncio.sleep(self.settings.watchdog_s)
             try:
-                key = parse_resource_key(self._prefix, ev.kv.key.decode())
-            except (ValueError, UnicodeDecodeError):
-                continue  # a stray key that never was a resource
-            puts.pop(key, None)
-            deletes.add(key)
-        if revision is not None:
-            out.append(ChangeBatch(revision, puts, frozenset(deletes), False, tuple(errors)))
-        return out
+                target = await self._conn.call(self._store_revision)
+            except (ProviderError, *_STREAM_ERRORS) as exc:
+                log.debug("watchdog: store not readable: %s", describe(exc))
+                continue
+            if target <= self._seen:
+                continue
+            await asyncio.sleep(grace)  # an event on its way is not a stuck watch
+            if self._seen >= target:
+                continue
+            self._resyncs += 1
+            log.warning("watch stuck: the store is at revision %d, the watch delivered up to "
+                        "%d and nothing arrived for %.0f s; reloading", target, self._seen, grace)
+            stuck.set()
+            return
+
+    async def _store_revision(self, client: aetcd.Client) -> int:
+        """The newest revision a watcher of our range must have seen: meta/config or a key."""
+        timeout = self.settings.timeout_s
+        newest = await client.kvstub.Range(
+            rpc.RangeRequest(key=self._start, range_end=self._end, limit=1, keys_only=True,
+                             sort_order=rpc.RangeRequest.DESCEND,
+                             sort_target=rpc.RangeRequest.MOD),
+            timeout=timeout, metadata=client.metadata,
+        )  # fmt: skip
+        meta = await client.kvstub.Range(
+            rpc.RangeRequest(key=self._meta, keys_only=True),
+            timeout=timeout, metadata=client.metadata)
+        return max([kv.mod_revision for kv in (*newest.kvs, *meta.kvs)], default=0)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -237,6 +424,29 @@ class EtcdProvider:
         self._closed.set()
         self._state = ProviderState.CLOSED
         await self._conn.close()
+
+
+async def _until(call: Any, stuck: asyncio.Event) -> AsyncIterator[Any]:
+    """The stream's responses, until it ends or `stuck` is set (then _Restart)."""
+    it = call.__aiter__()
+    flagged = asyncio.ensure_future(stuck.wait())
+    nxt: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            nxt = asyncio.ensure_future(it.__anext__())
+            await asyncio.wait((nxt, flagged), return_when=asyncio.FIRST_COMPLETED)
+            if not nxt.done():
+                raise _Restart("watch stuck")
+            try:
+                resp = nxt.result()
+            except StopAsyncIteration:
+                return
+            nxt = None
+            yield resp
+    finally:
+        flagged.cancel()
+        if nxt is not None and not nxt.done():
+            nxt.cancel()
 
 
 class _Restart(Exception):

@@ -57,6 +57,9 @@ class EtcdSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     timeout_s: float = 5.0
+    # How often a watcher checks that it is not behind the store without having heard of it
+    # (a stuck watch): `?watchdog=S` in the URL or WH_WATCHDOG_S; 0 turns the check off.
+    watchdog_s: float = 30.0
 
     @classmethod
     def from_url(cls, url: str, env: Mapping[str, str] | None = None) -> EtcdSettings:
@@ -82,12 +85,16 @@ class EtcdSettings:
             raise ValueError(f"etcd URL names no endpoint: {url!r}")
         query = parse_qs(parts.query)
         timeout = float(query.get("timeout", ["5"])[0])
+        watchdog = float(query.get("watchdog", [env.get("WH_WATCHDOG_S") or "30"])[0])
+        if watchdog < 0:
+            raise ValueError(f"watchdog interval must be >= 0 seconds, got {watchdog}")
         return cls(
             endpoints=tuple(endpoints),
             prefix=normalize_prefix(parts.path or "/whplane/"),
             username=env.get("WH_ETCD_USERNAME") or None,
             password=env.get("WH_ETCD_PASSWORD") or None,
             timeout_s=timeout,
+            watchdog_s=watchdog,
         )
 
     @property
@@ -182,18 +189,24 @@ def prefix_range_end(prefix: bytes) -> bytes:
 async def range_prefix(
     client: aetcd.Client, prefix: bytes, timeout_s: float, page: int = 20_000
 ) -> tuple[Any, list[Any]]:
-    """(header of the first page, every key-value under `prefix`), all at one revision.
+    """(header of the first page, every key-value under `prefix`), all at one revision."""
+    return await range_keys(client, prefix, prefix_range_end(prefix), timeout_s, page)
 
-    Paged, so a large prefix stays within gRPC message limits; pages after the first are
+
+async def range_keys(
+    client: aetcd.Client, start: bytes, end: bytes, timeout_s: float, page: int = 20_000,
+    revision: int = 0,
+) -> tuple[Any, list[Any]]:
+    """(header of the first page, every key-value in [start, end)), all at one revision.
+
+    Paged, so a large range stays within gRPC message limits; pages after the first are
     read at the first page's revision, so the result is one consistent view.
     """
-    end = prefix_range_end(prefix)
     header: Any = None
     kvs: list[Any] = []
-    start = prefix
     while True:
         req = rpc.RangeRequest(key=start, range_end=end, limit=page,
-                               revision=header.revision if header is not None else 0)
+                               revision=header.revision if header is not None else revision)
         resp = await client.kvstub.Range(req, timeout=timeout_s, metadata=client.metadata)
         if header is None:
             header = resp.header

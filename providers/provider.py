@@ -67,6 +67,8 @@ class ProviderStatus:
     endpoint: str | None = None
     last_error: str | None = None
     reconnects: int = 0
+    # Full reloads forced because the store was ahead of what the watch had delivered.
+    resyncs: int = 0
 
 
 class ConfigProvider(Protocol):

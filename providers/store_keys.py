@@ -3,6 +3,16 @@
     {prefix}resources/{namespace or _global}/{Kind}/{name}   the resource as JSON
     {prefix}history/{revision}                               one change set
     {prefix}gateways/{gateway_id}                            a gateway's heartbeat, under a lease
+    {prefix}rollout/canary                                   the running canary
+    {prefix}rollout/commits/{id}                             a large apply not yet materialized
+    {prefix}rollout/materialized                             revisions that materialized one
+    {prefix}staging/{id}/{n}                                 a large apply's change set
+    {prefix}history-parts/{id}/{n}                           a large history record's changes
+
+Gateways watch [{prefix}r, {prefix}s): exactly resources/ and rollout/, so the resources and the
+rollout records one transaction writes arrive together. Staging sorts after that range on
+purpose: megabytes of staged chunks are read once by whoever needs them, never streamed to
+every watcher (see providers/staged_commits.py).
 """
 
 from __future__ import annotations
@@ -13,6 +23,11 @@ DEFAULT_PREFIX = "/whplane/"
 RESOURCES = "resources/"
 HISTORY = "history/"
 GATEWAYS = "gateways/"
+ROLLOUT = "rollout/"
+COMMITS = "rollout/commits/"
+STAGING = "staging/"
+HISTORY_PARTS = "history-parts/"
+PENDING_HISTORY = "meta/pending-history/"
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -48,3 +63,40 @@ def history_key(prefix: str, revision: int) -> str:
 
 def gateway_key(prefix: str, gateway_id: str) -> str:
     return f"{prefix}{GATEWAYS}{gateway_id}"
+
+
+def watch_range(prefix: str) -> tuple[bytes, bytes]:
+    """[start, end) holding exactly resources/ and rollout/."""
+    return f"{prefix}r".encode(), f"{prefix}s".encode()
+
+
+def canary_key(prefix: str) -> str:
+    return f"{prefix}{ROLLOUT}canary"
+
+
+def materialized_key(prefix: str) -> str:
+    return f"{prefix}{ROLLOUT}materialized"
+
+
+def commit_key(prefix: str, staged_id: str) -> str:
+    return f"{prefix}{COMMITS}{staged_id}"
+
+
+def staging_prefix(prefix: str, staged_id: str = "") -> str:
+    return f"{prefix}{STAGING}{staged_id}/" if staged_id else f"{prefix}{STAGING}"
+
+
+def staging_key(prefix: str, staged_id: str, n: int) -> str:
+    return f"{staging_prefix(prefix, staged_id)}{n:06d}"
+
+
+def history_parts_prefix(prefix: str, staged_id: str) -> str:
+    return f"{prefix}{HISTORY_PARTS}{staged_id}/"
+
+
+def history_part_key(prefix: str, staged_id: str, n: int) -> str:
+    return f"{history_parts_prefix(prefix, staged_id)}{n:06d}"
+
+
+def pending_history_key(prefix: str, name: str) -> str:
+    return f"{prefix}{PENDING_HISTORY}{name}"
