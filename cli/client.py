@@ -70,6 +70,12 @@ class HistoryRecord(TypedDict, total=False):
     message: str
     time: str | float
     changes: list[Change]
+    rollout: dict[str, Any]  # a canary decision: {"action", "canary", "reason"}
+
+
+class Refusal(TypedDict, total=False):
+    resource: str  # Kind/namespace/name
+    reason: str
 
 
 class Gateway(TypedDict, total=False):
@@ -80,20 +86,61 @@ class Gateway(TypedDict, total=False):
     last_error: str | None
     heartbeat: str | float | None
     live: bool
+    labels: dict[str, str]
+    refused: list[Refusal]
 
 
-class GatewayProgress(TypedDict):
+class GatewayProgress(TypedDict, total=False):
     id: str
     revision: int | None
     applied: bool
+    health: str
+    labels: dict[str, str]
+    refused: list[Refusal]
 
 
-class RolloutStatus(TypedDict):
+class GatewayRefusal(TypedDict, total=False):
+    gateway: str
+    resource: str
+    reason: str
+
+
+class CanaryGateway(TypedDict, total=False):
+    id: str
+    revision: int | None
+    health: str
+    serving: bool
+    refused: list[Refusal]
+    requests: int
+    errors: int
+
+
+class CanaryStatus(TypedDict, total=False):
+    revision: int
+    base: int
+    selector: dict[str, str]
+    selector_text: str
+    started: float
+    promote_after_s: float | None
+    max_error_rate: float | None
+    by: str
+    message: str
+    gateways: list[CanaryGateway]
+    requests: int
+    errors: int
+    error_rate: float | None
+    promote_in_s: float | None
+    waiting: str
+
+
+class RolloutStatus(TypedDict, total=False):
     revision: int
     complete: bool
     live: int
     applied: int
     gateways: list[GatewayProgress]
+    refusals: list[GatewayRefusal]
+    canary: CanaryStatus | None
 
 
 class TokenInfo(TypedDict, total=False):
@@ -279,8 +326,11 @@ class ApiClient:
         prune: bool = False,
         expected_revision: int | None = None,
         message: str = "",
+        canary: str | None = None,
+        promote_after_s: float | None = None,
+        max_error_rate: float | None = None,
     ) -> ApplyAnswer:
-        body = {
+        body: dict[str, Any] = {
             "resources": resources,
             "dry_run": dry_run,
             "prune": prune,
@@ -288,6 +338,10 @@ class ApiClient:
             "message": message,
             "sources": sources if sources is not None else [],
         }
+        if canary is not None:
+            body["canary"] = canary
+            body["promote_after_s"] = promote_after_s
+            body["max_error_rate"] = max_error_rate
         answer: ApplyAnswer = self.request("POST", "/v1/apply", body=body)
         return answer
 
@@ -339,6 +393,15 @@ class ApiClient:
         answer: RolloutStatus = self.request(
             "GET", "/v1/rollout/status", params={"revision": revision}
         )
+        return answer
+
+    def promote(self, *, message: str = "") -> ApplyAnswer:
+        answer: ApplyAnswer = self.request("POST", "/v1/rollout/promote",
+                                           body={"message": message})
+        return answer
+
+    def abort(self, *, message: str = "") -> ApplyAnswer:
+        answer: ApplyAnswer = self.request("POST", "/v1/rollout/abort", body={"message": message})
         return answer
 
     def create_token(self, namespace: str, expires_in_s: float | None = None) -> TokenAnswer:

@@ -3,13 +3,14 @@ failed call is reported, and a few option types."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperOption
 
 from cli import render
 from cli.client import ApiClient, ApiError, ApplyAnswer, Unreachable
@@ -47,6 +48,32 @@ def server_errors(exit_code: int = 1) -> Iterator[None]:
         render.print_api_error(err, exc)
         raise typer.Exit(exit_code) from None
 
+
+
+def optional_values(defaults: Mapping[str, str]) -> type[TyperCommand]:
+    """A command class whose options in `defaults` may also be given bare: `--wait` means
+    `--wait=30s`. Click has no option with an optional value; for a command without
+    positional arguments a bare one is unambiguous: it is followed by nothing or by an option.
+    """
+
+    class OptionalValues(TyperCommand):
+        def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+            takes_value = {opt for p in self.params if isinstance(p, TyperOption)
+                           and not p.is_flag and not p.count for opt in p.opts}
+            out: list[str] = []
+            for i, arg in enumerate(args):
+                if arg == "--":
+                    out += args[i:]
+                    break
+                following = args[i + 1] if i + 1 < len(args) else None
+                bare = following is None or following.startswith("-")
+                is_value = i > 0 and args[i - 1] in takes_value and args[i - 1] not in defaults
+                if arg in defaults and bare and not is_value:
+                    arg = f"{arg}={defaults[arg]}"
+                out.append(arg)
+            return super().parse_args(ctx, out)
+
+    return OptionalValues
 
 
 def print_answer(answer: ApplyAnswer, output: TableOrJson) -> None:

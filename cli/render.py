@@ -23,6 +23,7 @@ from cli.client import (
     GLOBAL,
     ApiError,
     ApplyAnswer,
+    CanaryStatus,
     Change,
     Doc,
     Gateway,
@@ -186,20 +187,72 @@ def url_host(url: str) -> str:
 
 
 def rollout_table(status: RolloutStatus) -> Table:
-    table = _table("GATEWAY", "REVISION", "APPLIED")
-    for gw in status.get("gateways", []):
+    """GATEWAY REVISION APPLIED, plus CANARY while a canary runs and REFUSED when a gateway
+    refuses resources."""
+    gateways = status.get("gateways", [])
+    canary = status.get("canary")
+    in_canary = {str(g.get("id")) for g in (canary or {}).get("gateways", [])}
+    any_refused = any(gw.get("refused") for gw in gateways)
+    headers = ["GATEWAY", "REVISION", "APPLIED"]
+    headers += ["CANARY"] if canary else []
+    headers += ["REFUSED"] if any_refused else []
+    table = _table(*headers)
+    for gw in gateways:
         revision = gw.get("revision")
-        _row(table, str(gw.get("id", "?")), "-" if revision is None else str(revision),
-                      "yes" if gw.get("applied") else "no")
+        cells = [str(gw.get("id", "?")), "-" if revision is None else str(revision),
+                 "yes" if gw.get("applied") else "no"]
+        if canary:
+            cells.append("yes" if str(gw.get("id")) in in_canary else "no")
+        if any_refused:
+            cells.append(str(len(gw.get("refused") or [])))
+        _row(table, *cells)
     return table
+
+
+def canary_lines(canary: CanaryStatus) -> list[str]:
+    """The running canary: what, who, its gateways and what happens next."""
+    selector = canary.get("selector_text") or ",".join(
+        f"{k}={v}" for k, v in sorted((canary.get("selector") or {}).items()))
+    lines = [f"canary revision {canary.get('revision')} (from revision {canary.get('base')}), "
+             f"selector {selector}, started {timestamp(canary.get('started'))}"
+             + (f" by {canary['by']}" if canary.get("by") else "")]
+    if canary.get("message"):
+        lines.append(f"  message: {canary['message']}")
+    gateways = canary.get("gateways") or []
+    if not gateways:
+        lines.append("  canary gateways: none live match the selector")
+    for gw in gateways:
+        revision = gw.get("revision")
+        state = "serving" if gw.get("serving") else (
+            "refusing " + ", ".join(str(r.get("resource", "?")) for r in gw.get("refused") or [])
+            if gw.get("refused") else "not yet serving")
+        lines.append(f"  canary gateway {gw.get('id', '?')}: revision "
+                     f"{'-' if revision is None else revision}, {state}")
+    if "requests" in canary:
+        limit = canary.get("max_error_rate")
+        rate = canary.get("error_rate")
+        lines.append(f"  since the start: {canary.get('requests', 0)} request(s), "
+                     f"{canary.get('errors', 0)} error(s)"
+                     + ("" if rate is None else f" ({rate:.1%})")
+                     + ("" if limit is None else f", aborts itself above {limit:.1%}"))
+    after = canary.get("promote_after_s")
+    left = canary.get("promote_in_s")
+    if after is None:
+        lines.append("  promotion: by hand (whctl rollout promote), or whctl rollout abort")
+    else:
+        lines.append(f"  promotion: by itself after {after:g}s healthy"
+                     + ("" if left is None else f", {left:.0f}s left"))
+    if canary.get("waiting"):
+        lines.append(f"  now: {canary['waiting']}")
+    return lines
 
 
 def history_table(items: Sequence[HistoryRecord]) -> Table:
     table = _table("REVISION", "TIME", "AUTHOR", "MESSAGE", "CHANGES")
     for item in items:
         changes = "\n".join(
-            f"{_PAST.get(c.get('op', ''), c.get('op', '?'))} {change_label(c)}"
-            for c in item.get("changes", [])
+            [f"{_PAST.get(c.get('op', ''), c.get('op', '?'))} {change_label(c)}"
+             for c in item.get("changes", [])] + rollout_lines(item)
         )
         _row(table, str(item.get("revision", "?")), timestamp(item.get("time")),
                       str(item.get("author", "")), str(item.get("message", "")), changes)
@@ -207,16 +260,40 @@ def history_table(items: Sequence[HistoryRecord]) -> Table:
 
 
 def gateways_table(items: Sequence[Gateway]) -> Table:
-    table = _table("ID", "REVISION", "VERSION", "HEALTH", "LIVE", "HEARTBEAT", "LAST ERROR")
+    table = _table("ID", "REVISION", "VERSION", "HEALTH", "REFUSED", "LABELS", "LIVE",
+                   "HEARTBEAT", "LAST ERROR")
     for gw in items:
         revision = gw.get("revision")
         _row(
             table, str(gw.get("id", "?")), "-" if revision is None else str(revision),
             str(gw.get("version", "")), str(gw.get("health", "")),
+            str(len(gw.get("refused") or [])), labels_text(gw.get("labels")),
             "yes" if gw.get("live") else "no", timestamp(gw.get("heartbeat")),
             str(gw.get("last_error") or ""),
         )
     return table
+
+
+def labels_text(labels: object) -> str:
+    """`k=v,k2=v2`, or `-` for none (a blank cell would shift the columns of piped output)."""
+    if not isinstance(labels, Mapping) or not labels:
+        return "-"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def rollout_lines(item: HistoryRecord) -> list[str]:
+    """`canary started for canary=true`, `canary revision 12 aborted: <why>`."""
+    rollout = item.get("rollout")
+    if not isinstance(rollout, Mapping):
+        return []
+    canary = _mapping(rollout.get("canary"))
+    selector = ",".join(f"{k}={v}" for k, v in sorted((canary.get("selector") or {}).items()))
+    action = str(rollout.get("action", "?"))
+    reason = f": {rollout['reason']}" if rollout.get("reason") else ""
+    if action == "canary":
+        return [f"canary started for {selector}"]
+    past = {"promote": "promoted", "abort": "aborted"}.get(action, action)
+    return [f"canary revision {canary.get('revision', '?')} {past}{reason}"]
 
 
 def timestamp(value: object) -> str:

@@ -37,13 +37,16 @@ from cli.common import (
     TableOrJson,
     api_of,
     err,
+    optional_values,
     out,
     print_answer,
     server_errors,
 )
+from cli.rollout import follow, parse_duration
 from providers.errors import DocumentError, DocumentErrors, Location
 from providers.loader import iter_files, load_documents, parse_text, plaintext_secrets
 from providers.resources import AnyResource
+from providers.rollout import parse_selector
 
 app = typer.Typer(no_args_is_help=True)
 app.add_typer(rollout.app, name="rollout")
@@ -205,7 +208,10 @@ def validate(
     out.print(f"{len(loaded.resources)} resource(s) valid", markup=False, highlight=False)
 
 
-@app.command()
+DEFAULT_WAIT = "30s"
+
+
+@app.command(cls=optional_values({"--wait": DEFAULT_WAIT}))
 def apply(
     ctx: typer.Context,
     files: Files,
@@ -218,20 +224,74 @@ def apply(
         int | None, typer.Option(help="refuse (409) unless the config is at this revision")
     ] = None,
     output: Annotated[TableOrJson, typer.Option("-o", "--output")] = TableOrJson.table,
+    wait: Annotated[
+        str | None, typer.Option(
+            metavar="[=DURATION]",
+            help=f"then wait until every live gateway serves the revision whole (a canary: "
+            f"every canary gateway); bare --wait waits {DEFAULT_WAIT}")
+    ] = None,
+    canary: Annotated[
+        str | None, typer.Option(
+            metavar="k=v[,k=v]",
+            help="a canary revision: only gateways whose labels match serve it until `whctl "
+            "rollout promote` (the others keep the promoted revision); admin token only")
+    ] = None,
+    promote_after: Annotated[
+        str | None, typer.Option(
+            metavar="DURATION", help="with --canary: promote by itself after this long healthy")
+    ] = None,
+    max_error_rate: Annotated[
+        float | None, typer.Option(
+            min=0.0, max=1.0, help="with --canary: abort by itself when the canary gateways' "
+            "error rate (5xx and verification failures) goes over this fraction, e.g. 0.05")
+    ] = None,
 ) -> None:
     """Create, update (and with --prune delete) resources in one revision.
 
-    Exit 0 applied; 1 invalid files or refused (422 invalid, 409 conflict, 403, ...);
-    2 control plane unreachable.
+    Exit 0 applied (with --wait: and served whole by every live gateway); 1 invalid files,
+    refused (422 invalid, 409 conflict or a canary running, 403, ...), or with --wait a
+    gateway refused a resource (each named) or the wait timed out; 2 control plane
+    unreachable or usage error.
     """
+    selector, promote_after_s, wait_s = _rollout_options(canary, promote_after,
+                                                         max_error_rate, wait)
     loaded = _load(files, exit_code=1)
     _require_resources(loaded, files, 1)
+    api = api_of(ctx)
     with server_errors(exit_code=1):
-        answer = api_of(ctx).apply(
+        answer = api.apply(
             loaded.docs, sources=loaded.sources, dry_run=dry_run, prune=prune,
-            expected_revision=expected_revision, message=message,
+            expected_revision=expected_revision, message=message, canary=selector,
+            promote_after_s=promote_after_s, max_error_rate=max_error_rate,
         )
     print_answer(answer, output)
+    if wait_s is not None and not dry_run:
+        follow(api, answer["revision"], wait_s, table=output is TableOrJson.table)
+
+
+def _rollout_options(canary: str | None, promote_after: str | None,
+                     max_error_rate: float | None, wait: str | None
+                     ) -> tuple[str | None, float | None, float | None]:
+    """(selector, promote after seconds, wait seconds), or a usage error (exit 2)."""
+    if canary is None:
+        for flag, value in (("--promote-after", promote_after),
+                            ("--max-error-rate", max_error_rate)):
+            if value is not None:
+                raise typer.BadParameter("only with --canary", param_hint=f"'{flag}'")
+    else:
+        try:
+            parse_selector(canary)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--canary'") from None
+    seconds: list[float | None] = []
+    for flag, text in (("--promote-after", promote_after), ("--wait", wait)):
+        try:
+            seconds.append(None if text is None else parse_duration(text.lstrip("=")))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=f"'{flag}'") from None
+    if promote_after is not None and not seconds[0]:
+        raise typer.BadParameter("must be more than 0s", param_hint="'--promote-after'")
+    return canary, seconds[0], seconds[1]
 
 
 @app.command()
@@ -330,7 +390,8 @@ def gateways(
     ctx: typer.Context,
     output: Annotated[TableOrJson, typer.Option("-o", "--output")] = TableOrJson.table,
 ) -> None:
-    """List the gateways and the revision each one serves; -o json prints a JSON list.
+    """List the gateways: revision served, health, refused resources, labels; -o json prints a
+    JSON list.
 
     Exit 0 listed; 1 refused; 2 control plane unreachable.
     """

@@ -238,6 +238,115 @@ def test_apply_401_and_403_hints(cp: FakeControlPlane, tmp_path: Path) -> None:
     assert "may not use that namespace" in run(cp, "apply", "-f", str(f)).stderr
 
 
+# --- apply --canary, --wait ---------------------------------------------------------------------
+
+
+def test_apply_canary_sends_selector_and_windows(cp: FakeControlPlane, tmp_path: Path) -> None:
+    f = write(tmp_path / "w.yaml", WEBHOOK)
+    cp.routes["POST", "/v1/apply"] = apply_answer(("update", "Webhook", "acme", "github-push"))
+    result = run(cp, "apply", "-f", str(f), "--canary", "canary=true,zone=b",
+                 "--promote-after", "1m30s", "--max-error-rate", "0.05")
+    assert result.exit_code == 0, result.output
+    body = cp.body()
+    assert (body["canary"], body["promote_after_s"], body["max_error_rate"]) == (
+        "canary=true,zone=b", 90, 0.05)
+    run(cp, "apply", "-f", str(f), "--canary", "canary=true")
+    body = cp.body()
+    assert (body["canary"], body["promote_after_s"], body["max_error_rate"]) == (
+        "canary=true", None, None)
+    run(cp, "apply", "-f", str(f))
+    assert "canary" not in cp.body()  # a plain apply's body is as it always was
+
+
+@pytest.mark.parametrize("args", [
+    ("--canary", "nope"), ("--canary", "a=b", "--promote-after", "soon"),
+    ("--promote-after", "60s"), ("--max-error-rate", "0.1"),
+    ("--canary", "a=b", "--max-error-rate", "1.5"), ("--canary", "a=b", "--promote-after", "0"),
+    ("--wait=never",),
+])
+def test_apply_canary_and_wait_usage_errors(cp: FakeControlPlane, tmp_path: Path,
+                                            args: tuple[str, ...]) -> None:
+    f = write(tmp_path / "w.yaml", WEBHOOK)
+    result = run(cp, "apply", "-f", str(f), *args)
+    assert result.exit_code == 2, result.output
+    assert cp.requests == []
+
+
+def test_apply_409_names_the_running_canary(cp: FakeControlPlane, tmp_path: Path) -> None:
+    f = write(tmp_path / "w.yaml", WEBHOOK)
+    cp.routes["POST", "/v1/apply"] = httpx.Response(409, json={"detail": {
+        "error": "canary revision 12 (canary=true, by admin) is running: promote it or abort it "
+                 "first (whctl rollout promote | abort)",
+        "current_revision": 12, "canary": {"revision": 12, "selector": {"canary": "true"}}}})
+    result = run(cp, "apply", "-f", str(f))
+    assert result.exit_code == 1
+    assert "canary revision 12 (canary=true, by admin) is running" in result.stderr
+
+
+def status(revision: int, *gateways: dict[str, Any], canary: dict[str, Any] | None = None
+           ) -> dict[str, Any]:
+    rows = [{"id": g["id"], "revision": g.get("revision"), "refused": g.get("refused", []),
+             "applied": (g.get("revision") or 0) >= revision and not g.get("refused")}
+            for g in gateways]
+    done = sum(r["applied"] for r in rows)
+    return {"revision": revision, "complete": bool(rows) and done == len(rows),
+            "live": len(rows), "applied": done, "gateways": rows,
+            "refusals": [{"gateway": r["id"], **x} for r in rows for x in r["refused"]],
+            "canary": canary}
+
+
+NACK = {"resource": "Webhook/acme/github-push", "reason": "unresolved reference {$SECRET_C}"}
+
+
+@pytest.mark.parametrize("flag", [("--wait",), ("--wait=2s",), ("--wait", "2s")])
+def test_apply_wait_follows_the_new_revision(cp: FakeControlPlane, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             flag: tuple[str, ...]) -> None:
+    monkeypatch.setattr("cli.rollout.POLL_INTERVAL_S", 0.01)
+    f = write(tmp_path / "w.yaml", WEBHOOK)
+    cp.routes["POST", "/v1/apply"] = apply_answer(("update", "Webhook", "acme", "github-push"),
+                                                  revision=8)
+    answers = iter([status(8, {"id": "gw-a", "revision": 7}),
+                    status(8, {"id": "gw-a", "revision": 8})])
+    cp.routes["GET", "/v1/rollout/status"] = lambda _: httpx.Response(200, json=next(answers))
+    # --wait before -f too: a bare --wait is followed by an option, not by a value
+    result = run(cp, "apply", *flag, "-f", str(f))
+    assert result.exit_code == 0, result.output
+    assert cp.requests[1].url.params["revision"] == "8"
+    assert "revision 8: applied by 1/1" in result.stderr
+
+
+def test_apply_wait_exits_1_at_once_naming_the_refusal(cp: FakeControlPlane,
+                                                        tmp_path: Path) -> None:
+    f = write(tmp_path / "w.yaml", WEBHOOK)
+    cp.routes["POST", "/v1/apply"] = apply_answer(("update", "Webhook", "acme", "github-push"),
+                                                  revision=8)
+    cp.routes["GET", "/v1/rollout/status"] = status(
+        8, {"id": "gw-a", "revision": 8}, {"id": "gw-b", "revision": 8, "refused": [NACK]})
+    result = run(cp, "apply", "-f", str(f), "--wait=1h")  # exits long before an hour
+    assert result.exit_code == 1, result.output
+    assert "gw-b: Webhook/acme/github-push: unresolved reference {$SECRET_C}" in result.stderr
+    assert "gw-a:" not in result.stderr
+
+
+def test_apply_wait_with_json_output_keeps_stdout_json(cp: FakeControlPlane,
+                                                       tmp_path: Path) -> None:
+    f = write(tmp_path / "w.yaml", WEBHOOK)
+    answer = apply_answer(("update", "Webhook", "acme", "github-push"), revision=8)
+    cp.routes["POST", "/v1/apply"] = answer
+    cp.routes["GET", "/v1/rollout/status"] = status(8, {"id": "gw-a", "revision": 8})
+    result = run(cp, "apply", "-f", str(f), "-o", "json", "--wait")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == answer
+
+
+def test_apply_dry_run_does_not_wait(cp: FakeControlPlane, tmp_path: Path) -> None:
+    f = write(tmp_path / "w.yaml", WEBHOOK)
+    cp.routes["POST", "/v1/apply"] = apply_answer(dry_run=True)
+    assert run(cp, "apply", "-f", str(f), "--dry-run", "--wait").exit_code == 0
+    assert len(cp.requests) == 1
+
+
 # --- diff ----------------------------------------------------------------------------------------------
 
 
@@ -415,6 +524,91 @@ def test_rollout_status_timeout_names_lagging_gateways(cp: FakeControlPlane) -> 
     assert "gw-b" in result.stdout  # the final table, on stdout
 
 
+def test_rollout_status_exits_1_at_once_on_a_refusal_of_the_awaited_revision(
+    cp: FakeControlPlane,
+) -> None:
+    cp.routes["GET", "/v1/rollout/status"] = status(
+        6, {"id": "gw-a", "revision": 6}, {"id": "gw-b", "revision": 6, "refused": [NACK]},
+        {"id": "gw-c", "revision": 5, "refused": [{"resource": "Webhook/acme/old",
+                                                     "reason": "not about revision 6"}]})
+    result = run(cp, "rollout", "status", "--timeout", "1h")
+    assert result.exit_code == 1, result.output
+    assert len(cp.requests) == 1  # no waiting for the timeout
+    assert "gw-b: Webhook/acme/github-push: unresolved reference {$SECRET_C}" in result.stderr
+    assert "Webhook/acme/old" not in result.stderr  # gw-c has not reached revision 6 yet
+    assert result.stdout.splitlines()[0].split() == ["GATEWAY", "REVISION", "APPLIED", "REFUSED"]
+
+
+CANARY = {"revision": 12, "base": 11, "selector": {"canary": "true"},
+          "selector_text": "canary=true", "started": 1_700_000_000, "by": "admin",
+          "promote_after_s": 60.0, "promote_in_s": 42.0, "max_error_rate": 0.05,
+          "requests": 40, "errors": 1, "error_rate": 0.025, "message": "try it",
+          "waiting": "healthy; promotes itself in 42s",
+          "gateways": [{"id": "gw-a", "revision": 12, "serving": True, "refused": []}]}
+
+
+def test_rollout_status_shows_a_canary_complete_once_canary_gateways_serve_it(
+    cp: FakeControlPlane,
+) -> None:
+    cp.routes["GET", "/v1/rollout/status"] = status(
+        12, {"id": "gw-a", "revision": 12}, {"id": "gw-b", "revision": 11},
+        {"id": "gw-c", "revision": 11}, canary=CANARY)
+    result = run(cp, "rollout", "status", "--timeout", "1h")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.splitlines()[0].split() == ["GATEWAY", "REVISION", "APPLIED", "CANARY"]
+    assert out.splitlines()[1].split() == ["gw-a", "12", "yes", "yes"]
+    assert out.splitlines()[2].split() == ["gw-b", "11", "no", "no"]
+    assert "canary revision 12 (from revision 11), selector canary=true" in out
+    assert "canary gateway gw-a: revision 12, serving" in out
+    assert "40 request(s), 1 error(s) (2.5%), aborts itself above 5.0%" in out
+    assert "42s left" in out
+    assert "served by 1/1 canary gateway(s); 2 other gateway(s) stay at revision 11" in (
+        result.stderr)
+
+
+def test_rollout_status_of_a_canary_nobody_serves_times_out(cp: FakeControlPlane) -> None:
+    nobody = {**CANARY, "gateways": []}
+    cp.routes["GET", "/v1/rollout/status"] = status(12, {"id": "gw-b", "revision": 11},
+                                                    canary=nobody)
+    result = run(cp, "rollout", "status", "--timeout", "10ms")
+    assert result.exit_code == 1
+    assert "no live gateway matches the canary selector canary=true" in result.stderr
+
+
+def test_rollout_promote_and_abort(cp: FakeControlPlane) -> None:
+    cp.routes["POST", "/v1/rollout/promote"] = apply_answer(revision=13)
+    result = run(cp, "rollout", "promote", "-m", "looks good")
+    assert result.exit_code == 0, result.output
+    assert cp.body() == {"message": "looks good"}
+    assert result.stdout.splitlines() == ["revision 13"]
+    assert "promoted" in result.stderr
+    cp.routes["POST", "/v1/rollout/abort"] = apply_answer(
+        ("update", "Webhook", "acme", "github-push"), revision=14)
+    result = run(cp, "rollout", "abort")
+    assert result.exit_code == 0, result.output
+    assert cp.body() == {"message": ""}
+    assert result.stdout.splitlines() == ["webhook acme/github-push updated", "revision 14"]
+    cp.routes["POST", "/v1/rollout/abort"] = httpx.Response(
+        404, json={"detail": "no canary is running"})
+    result = run(cp, "rollout", "abort")
+    assert result.exit_code == 1 and "no canary is running" in result.stderr
+
+
+def test_rollout_history_shows_canary_decisions(cp: FakeControlPlane) -> None:
+    canary = {"revision": 12, "selector": {"canary": "true"}}
+    cp.routes["GET", "/v1/history"] = {"items": [
+        {"revision": 13, "author": "control plane (automatic)", "message": "abort", "time": 0,
+         "changes": [], "rollout": {"action": "abort", "canary": canary,
+                                    "reason": "canary gateway NACK"}},
+        {"revision": 12, "author": "admin", "message": "m", "time": 0, "changes": [],
+         "rollout": {"action": "canary", "canary": canary}}]}
+    result = run(cp, "rollout", "history")
+    assert result.exit_code == 0, result.output
+    assert "canary revision 12 aborted: canary gateway NACK" in result.stdout
+    assert "canary started for canary=true" in result.stdout
+
+
 def test_rollout_status_rejects_bad_duration(cp: FakeControlPlane) -> None:
     assert run(cp, "rollout", "status", "--timeout", "soon").exit_code == 2
     assert cp.requests == []
@@ -464,12 +658,22 @@ def test_rollout_undo(cp: FakeControlPlane) -> None:
 
 def test_gateways(cp: FakeControlPlane) -> None:
     items = [{"id": "gw-a", "revision": 5, "version": "0.1.0", "health": "ok", "last_error": None,
-              "heartbeat": "2024-05-01T10:00:00Z", "live": True}]
+              "heartbeat": "2024-05-01T10:00:00Z", "live": True},
+             {"id": "gw-b", "revision": 5, "version": "0.1.0", "health": "degraded",
+              "last_error": None, "heartbeat": "2024-05-01T10:00:00Z", "live": True,
+              "labels": {"zone": "b", "canary": "true"},
+              "refused": [{"resource": "Webhook/acme/x", "reason": "r1"},
+                          {"resource": "Webhook/acme/y", "reason": "r2"}]}]
     cp.routes["GET", "/v1/gateways"] = {"items": items}
     table = run(cp, "gateways")
     assert table.exit_code == 0, table.output
-    assert table.stdout.splitlines()[1].split() == [
-        "gw-a", "5", "0.1.0", "ok", "yes", "2024-05-01T10:00:00Z"]
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["ID", "REVISION", "VERSION", "HEALTH", "REFUSED", "LABELS",
+                                "LIVE", "HEARTBEAT", "LAST", "ERROR"]
+    assert lines[1].split() == ["gw-a", "5", "0.1.0", "ok", "0", "-", "yes",
+                                "2024-05-01T10:00:00Z"]
+    assert lines[2].split() == ["gw-b", "5", "0.1.0", "degraded", "2", "canary=true,zone=b",
+                                "yes", "2024-05-01T10:00:00Z"]
     assert json.loads(run(cp, "gateways", "-o", "json").stdout) == items
 
 
