@@ -54,11 +54,21 @@ def rollout_status(
 
 def follow(api: ApiClient, revision: int | None, seconds: float, *, table: bool = True) -> None:
     """Wait until `revision` is served whole, or a gateway refuses part of it (exit 1 at once,
-    naming gateway, resource and reason), or `seconds` pass (exit 1)."""
+    naming gateway, resource and reason), or its canary is aborted (exit 1, saying by whom and
+    why), or `seconds` pass (exit 1)."""
     deadline = time.monotonic() + seconds
+    aborted: str | None = None
     with server_errors(), err.status("asking the control plane") as spinner:
         status = api.rollout_status(revision)
-        while not refusals(status) and not served(status):
+        canary_running = _canary_target(status) is not None
+        while True:
+            if canary_running and _canary_target(status) is None:
+                # Ended: after an abort every gateway is past the canary revision, yet none
+                # serves what it wrote. After a promote, wait as for any revision.
+                aborted = _abort_of(api, status["revision"])
+                canary_running = False
+            if aborted or refusals(status) or served(status):
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -71,6 +81,9 @@ def follow(api: ApiClient, revision: int | None, seconds: float, *, table: bool 
         render.print_table(out, render.rollout_table(status))
         if canary:
             render.plain(out, "\n".join(render.canary_lines(canary)))
+    if aborted:
+        render.print_errors(err, aborted)
+        raise typer.Exit(1)
     refused = refusals(status)
     if refused:
         render.print_errors(
@@ -83,6 +96,18 @@ def follow(api: ApiClient, revision: int | None, seconds: float, *, table: bool 
     render.print_errors(err, f"timed out after {seconds:g}s: {_progress(status)}",
                         _lagging(status))
     raise typer.Exit(1)
+
+
+def _abort_of(api: ApiClient, revision: int) -> str | None:
+    """How the canary of `revision` was aborted, from the history; None if it was not."""
+    for item in api.history(limit=20):
+        rollout = item.get("rollout") or {}
+        canary = rollout.get("canary") or {}
+        if rollout.get("action") == "abort" and canary.get("revision") == revision:
+            why = f": {rollout['reason']}" if rollout.get("reason") else ""
+            return (f"canary revision {revision} was aborted by {item.get('author', '?')} in "
+                    f"revision {item.get('revision')}{why}")
+    return None
 
 
 def _canary_target(status: RolloutStatus) -> CanaryStatus | None:

@@ -218,7 +218,7 @@ class ControlPlane:
             if not dry_run:
                 # Read after the revision: a canary committed in between makes our commit's
                 # compare-and-swap fail, and the retry finds it here.
-                running = await self.store.canary()
+                running = await self._running_canary()
                 if running is not None:
                     raise CanaryRunning(running, revision)
             if expected_revision is not None and revision != expected_revision:
@@ -272,7 +272,7 @@ class ControlPlane:
 
     async def decide_canary(self, now: float | None = None) -> Decision | None:
         """Promote or abort the running canary if `canary.assess` says so; what was decided."""
-        canary = await self.store.canary()
+        canary = await self._running_canary()
         if canary is None:
             return None
         judged = assess(canary, await self.store.gateways(),
@@ -295,7 +295,7 @@ class ControlPlane:
         revision = 0
         for _ in range(RACE_RETRIES):
             revision, current = await self.store.read()
-            canary = await self.store.canary()
+            canary = await self._running_canary()
             if canary is None or (expect is not None and canary.revision != expect):
                 raise NotFound("no canary is running")
             changes: tuple[Change, ...] = ()
@@ -318,6 +318,18 @@ class ControlPlane:
             return Outcome(new, changes)
         raise Conflict("the config kept changing; try again", revision)
 
+    async def _running_canary(self) -> Canary | None:
+        canary = await self.store.canary()
+        if canary is None or canary.revision > 0:
+            return canary
+        # A store that wrote the record as drafted, without the commit's revision (unknown
+        # before an etcd commit): nothing but a promote or an abort writes history while a
+        # canary runs, so the newest record is the canary's own.
+        newest = await self.store.history(1)
+        if newest and (newest[0].rollout or {}).get("action") == "canary":
+            return replace(canary, revision=newest[0].revision)
+        return canary
+
     async def _revert(self, canary: Canary, current: Mapping[ResourceKey, Stored]
                       ) -> tuple[tuple[Change, ...], dict[ResourceKey, Doc], list[ResourceKey]]:
         """Every resource the canary revision changed, back to its value before it."""
@@ -335,7 +347,7 @@ class ControlPlane:
 
     async def canary_status(self, principal: Principal) -> dict[str, Any] | None:
         """The running canary, its gateways and where it stands; None when none runs."""
-        canary = await self.store.canary()
+        canary = await self._running_canary()
         if canary is None:
             return None
         view = assess(canary, await self.store.gateways(), time.time(),

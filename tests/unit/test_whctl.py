@@ -576,6 +576,27 @@ def test_rollout_status_of_a_canary_nobody_serves_times_out(cp: FakeControlPlane
     assert "no live gateway matches the canary selector canary=true" in result.stderr
 
 
+def test_waiting_for_a_canary_that_is_aborted_exits_1_saying_why(
+    cp: FakeControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cli.rollout.POLL_INTERVAL_S", 0.01)
+    behind = {**CANARY, "gateways": [{"id": "gw-a", "revision": 11, "serving": False}]}
+    answers = iter([
+        status(12, {"id": "gw-a", "revision": 11}, {"id": "gw-b", "revision": 11}, canary=behind),
+        # aborted: everyone is at the revert, past 12, and no canary runs
+        status(12, {"id": "gw-a", "revision": 13}, {"id": "gw-b", "revision": 13}),
+    ])
+    cp.routes["GET", "/v1/rollout/status"] = lambda _: httpx.Response(200, json=next(answers))
+    cp.routes["GET", "/v1/history"] = {"items": [{
+        "revision": 13, "author": "control plane (automatic)", "changes": [],
+        "rollout": {"action": "abort", "canary": {"revision": 12},
+                    "reason": "canary gateway NACK: gw-a refused Webhook/acme/x: boom"}}]}
+    result = run(cp, "rollout", "status", "--timeout", "1h")
+    assert result.exit_code == 1, result.output
+    assert ("canary revision 12 was aborted by control plane (automatic) in revision 13: "
+            "canary gateway NACK: gw-a refused Webhook/acme/x: boom") in result.stderr
+
+
 def test_rollout_promote_and_abort(cp: FakeControlPlane) -> None:
     cp.routes["POST", "/v1/rollout/promote"] = apply_answer(revision=13)
     result = run(cp, "rollout", "promote", "-m", "looks good")
