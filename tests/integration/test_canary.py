@@ -261,3 +261,22 @@ def test_apply_wait_and_rollout_status_exit_1_naming_a_refused_resource(fleet: F
     assert listed[fleet.canary.gateway_id]["health"] == "degraded"
     assert [r["resource"] for r in listed[fleet.canary.gateway_id]["refused"]] == [
         "Webhook/acme/push"]
+
+
+def test_a_gateway_started_during_a_canary_serves_what_its_labels_say(fleet: Fleet,
+                                                                        store_url: str) -> None:
+    c = fleet.apply_ok(hook("push", "{$SECRET_B}"), args=("--canary", "canary=true", "--wait"))
+    # A full load while the canary runs: the store holds revision C, the record says who serves it.
+    late = fleet._keep(GatewayProcess(store_url, SECRETS)).start()
+    late_canary = fleet._keep(GatewayProcess(
+        store_url, {**SECRETS, "WH_GATEWAY_LABELS": "canary=true,zone=b"})).start()
+    status, revision = fleet.accepts(late, A)
+    assert status == 200 and revision < c
+    assert fleet.accepts(late, B)[0] == 401
+    assert fleet.accepts(late_canary, B) == (200, c)
+    shown = fleet.api("GET", "/v1/rollout/status")["canary"]
+    assert shown["revision"] == c
+    assert {g["id"] for g in shown["gateways"]} == {fleet.canary.gateway_id,
+                                                    late_canary.gateway_id}
+    assert fleet.whctl("rollout", "promote").returncode == 0
+    fleet.eventually(lambda: fleet.accepts(late, B)[0] == 200)
