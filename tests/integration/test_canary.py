@@ -20,6 +20,8 @@ import yaml
 
 from cli.processes import ControlPlaneProcess, GatewayProcess, github_signature
 from cli.servers import EtcdServer
+from control_plane.api import create_api
+from control_plane.dir_store import DirStore
 
 SECRETS = {"SECRET_A": "secret-version-a", "SECRET_B": "secret-version-b"}
 A, B = SECRETS["SECRET_A"], SECRETS["SECRET_B"]
@@ -280,3 +282,63 @@ def test_a_gateway_started_during_a_canary_serves_what_its_labels_say(fleet: Fle
                                                     late_canary.gateway_id}
     assert fleet.whctl("rollout", "promote").returncode == 0
     fleet.eventually(lambda: fleet.accepts(late, B)[0] == 200)
+
+
+# --- in process: who may do what with a canary --------------------------------------------------
+
+VAULT = "{$vault:acme/github#secret}"  # what a namespace token's webhooks may use
+
+
+async def test_canary_rules_for_namespace_tokens(tmp_path: Path) -> None:
+    app = create_api(DirStore(tmp_path / "store"), "admin-token")
+    admin = {"authorization": "Bearer admin-token"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://cp.test") as client:
+        async def call(method: str, path: str, headers: dict[str, str],
+                       **kw: Any) -> httpx.Response:
+            return await client.request(method, path, headers=headers, **kw)
+
+        r = await call("POST", "/v1/apply", admin, json={"resources": [
+            ns("acme"), ns("globex"), hook("push"), {**hook("g"), "metadata": {
+                "name": "g", "namespace": "globex"}}]})
+        assert r.status_code == 200, r.text
+        token = (await call("POST", "/v1/tokens", admin, json={"namespace": "acme"})).json()
+        tenant = {"authorization": f"Bearer {token['token']}"}
+
+        # A namespace token may not start a canary, even of its own namespace...
+        r = await call("POST", "/v1/apply", tenant, json={
+            "resources": [hook("push", VAULT)], "canary": "canary=true"})
+        assert r.status_code == 403 and "canary" in r.text
+        # ...nor end one.
+        r = await call("POST", "/v1/apply", admin, json={
+            "resources": [hook("push", "{$SECRET_B}")], "canary": {"canary": "true"},
+            "message": "secret plan for globex", "promote_after_s": 600})
+        assert r.status_code == 200, r.text
+        c = r.json()["revision"]
+        for action in ("promote", "abort"):
+            assert (await call("POST", f"/v1/rollout/{action}", tenant)).status_code == 403
+        # Its writes wait like everyone's, and the 409 names the canary.
+        r = await call("POST", "/v1/apply", tenant, json={"resources": [hook("other", VAULT)]})
+        assert r.status_code == 409
+        assert r.json()["detail"]["canary"]["revision"] == c
+        assert (await call("DELETE", "/v1/resources/Webhook/acme/push", tenant)).status_code == 409
+        r = await call("POST", "/v1/apply", tenant, json={"resources": [hook("other", VAULT)],
+                                                          "dry_run": True})
+        assert r.status_code == 200  # a dry run writes nothing: allowed
+        # It sees the canary, without the admin's message or the fleet's traffic.
+        shown = (await call("GET", "/v1/rollout/status", tenant)).json()["canary"]
+        assert shown["revision"] == c and shown["selector"] == {"canary": "true"}
+        assert "message" not in shown and "requests" not in shown
+        full = (await call("GET", "/v1/rollout/status", admin)).json()["canary"]
+        assert full["message"] == "secret plan for globex" and full["promote_in_s"] > 500
+
+        r = await call("POST", "/v1/rollout/abort", admin, json={"message": "changed my mind"})
+        assert r.status_code == 200, r.text
+        assert (await call("GET", "/v1/rollout/status", admin)).json()["canary"] is None
+        assert (await call("POST", "/v1/rollout/abort", admin)).status_code == 404
+        history = (await call("GET", "/v1/history", tenant)).json()["items"]
+        abort = next(i for i in history if (i.get("rollout") or {}).get("action") == "abort")
+        assert abort["rollout"]["canary"]["revision"] == c
+        assert "message" not in abort["rollout"]["canary"]
+        r = await call("POST", "/v1/apply", tenant, json={"resources": [hook("other", VAULT)]})
+        assert r.status_code == 200, r.text
