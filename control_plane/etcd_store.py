@@ -34,6 +34,7 @@ from aetcd import rpc
 
 from control_plane.etcd_commit import TXN_BYTES, TXN_OPS, LargeCommits
 from control_plane.store import Conflict, Draft, HistoryRecord, Stored, StoreFailed, StoreRefused
+from providers.etcd import with_revision
 from providers.etcd_conn import (
     EtcdConnection,
     EtcdSettings,
@@ -230,11 +231,13 @@ class EtcdStore:
             log.warning("finishing unfinished commits failed: %s", exc)
 
     async def canary(self) -> Canary | None:
-        raw = await self._get(self._canary)
-        if raw is None:
+        resp = await self._conn.call(lambda c: c.kvstub.Range(
+            rpc.RangeRequest(key=self._canary.encode()), timeout=self.settings.timeout_s,
+            metadata=c.metadata))
+        if not resp.kvs:
             return None
         try:
-            return Canary.from_json(raw)
+            return with_revision(Canary.from_json(resp.kvs[0].value), resp.kvs[0].mod_revision)
         except ValueError as exc:
             log.error("%s: %s; treated as no canary", self._canary, exc)
             return None

@@ -30,7 +30,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aetcd
@@ -174,7 +174,7 @@ class EtcdProvider:
         for key, (value, revision) in overlay(resources, pending, marker).items():
             config_revision = max(config_revision, revision)
             self._put(key, value, puts, errors)
-        canary = self._parse_canary(canary_kv.value, errors) if canary_kv is not None else None
+        canary = self._parse_canary(canary_kv, errors) if canary_kv is not None else None
         before = await self._canary_before(client, canary, errors) if canary else None
         batch = ChangeBatch(config_revision, puts, full=True, source_errors=tuple(errors),
                             position=header.revision, canary_changed=True, canary=canary,
@@ -198,9 +198,9 @@ class EtcdProvider:
             out[key] = json.dumps(before).encode() if before is not None else None
         return out
 
-    def _parse_canary(self, raw: bytes, errors: list[str]) -> Canary | None:
+    def _parse_canary(self, kv: Any, errors: list[str]) -> Canary | None:
         try:
-            return Canary.from_json(bytes(raw))
+            return with_revision(Canary.from_json(bytes(kv.value)), kv.mod_revision)
         except ValueError as exc:
             # Treated as no canary: every gateway serves the store as it is.
             errors.append(f"canary: {exc}")
@@ -339,7 +339,7 @@ class EtcdProvider:
                 self._change(key, value, puts, deletes, errors)
             elif key == self._canary:
                 relevant = canary_changed = True
-                canary = self._parse_canary(value, errors) if value is not None else None
+                canary = self._parse_canary(ev.kv, errors) if value is not None else None
             elif key.startswith(self._commits):
                 if value is None:
                     staged_id = key[len(self._commits):].decode()
@@ -424,6 +424,12 @@ class EtcdProvider:
         self._closed.set()
         self._state = ProviderState.CLOSED
         await self._conn.close()
+
+
+def with_revision(canary: Canary, mod_revision: int) -> Canary:
+    """The record with its revision: the control plane drafts it as 0 (an etcd commit learns
+    its revision only once done), and the record is written by the canary's own commit."""
+    return canary if canary.revision > 0 else replace(canary, revision=int(mod_revision))
 
 
 async def _until(call: Any, stuck: asyncio.Event) -> AsyncIterator[Any]:
