@@ -116,7 +116,7 @@ async def test_a_watch_that_keeps_up_is_never_reloaded(etcd_own: EtcdServer) -> 
             revision, current = await store.read()
             wanted = {ResourceKey("Namespace", None, "acme"): ns}
             wanted.update({ResourceKey("Webhook", "acme", f"h{i}"):
-                           webhook(f"h{i}", secret="{$S}", **{"limits": {"burst": size}})
+                           webhook(f"h{i}", secret="{$S}", limits={"burst": size})
                            for i in range(size)})
             changes, puts, removed = plan(current, wanted)
             new = await store.commit(Draft(puts, removed, tuple(
