@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aetcd
+import grpc
 from aetcd import rpc
 
-from providers.etcd_conn import range_prefix
+from providers.etcd_conn import prefix_range_end, range_keys, range_prefix
 from providers.store_keys import (
     history_key,
     history_parts_prefix,
@@ -115,15 +116,23 @@ async def read_pending(client: aetcd.Client, prefix: str, commit: Any,
                        timeout_s: float) -> Pending:
     """The change set a commit record (a KeyValue) names, read from staging.
 
-    Staged chunks are written once and never changed, only deleted after materialization; so
-    reading them at the current revision is reading them as they were at the commit.
+    Read at the commit's revision: the materializer deletes staging as soon as it is done,
+    often before a slow reader gets here. Staged chunks are written once and never changed,
+    so when that revision is compacted away the current ones do as well, if still there.
     """
     try:
         record = json.loads(commit.value)
         staged_id, chunks = str(record["id"]), int(record["chunks"])
     except (ValueError, KeyError, TypeError) as exc:
         raise StagedCommitError(f"commit record {commit.key!r} is invalid: {exc}") from None
-    _, kvs = await range_prefix(client, staging_prefix(prefix, staged_id).encode(), timeout_s)
+    start = staging_prefix(prefix, staged_id).encode()
+    try:
+        _, kvs = await range_keys(client, start, prefix_range_end(start), timeout_s,
+                                  revision=int(commit.mod_revision))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.OUT_OF_RANGE:  # compacted
+            raise
+        _, kvs = await range_prefix(client, start, timeout_s)
     if len(kvs) != chunks:
         raise StagedCommitError(
             f"commit {staged_id}: {len(kvs)} of {chunks} staged chunks present")

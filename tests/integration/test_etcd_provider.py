@@ -246,3 +246,78 @@ async def test_load_pages_through_many_keys(etcd_server: EtcdServer, etcd_prefix
     assert len(batch.puts) == 12_000
     await provider.close()
     await c.close()
+
+
+async def test_canary_record_travels_with_its_revision(etcd_own: EtcdServer) -> None:
+    """Set with a large apply, the record arrives in the batch of the apply's resources; full
+    loads carry it and what the canary changed, as it was before; an invalid record is a
+    source error and no canary."""
+    from control_plane.changes import plan
+    from control_plane.etcd_store import EtcdStore
+    from control_plane.store import Draft
+    from providers.rollout import Canary
+    from providers.store_keys import canary_key
+
+    url = f"etcd://{etcd_own.endpoint}/cn/"
+    store = EtcdStore(EtcdSettings.from_url(url))
+    provider = EtcdProvider(EtcdSettings.from_url(url))
+    ns_doc = {"apiVersion": "whplane/v1", "kind": "Namespace", "metadata": {"name": "acme"}}
+
+    async def commit(size: int, canary: Canary | None = None, clear_canary: bool = False
+                     ) -> int:
+        revision, current = await store.read()
+        wanted = {ResourceKey("Namespace", None, "acme"): ns_doc}
+        wanted.update({ResourceKey("Webhook", "acme", f"h{i}"):
+                       webhook(f"h{i}", secret="{$S}", limits={"burst": size})
+                       for i in range(size)})
+        changes, puts, removed = plan(current, wanted)
+        effective = tuple(c for c in changes if c.op != "unchanged")
+        return await store.commit(Draft(puts, removed, effective, "t", "m", canary=canary,
+                                        clear_canary=clear_canary), revision)
+
+    try:
+        base = await commit(200)
+        first = await provider.load()
+        batches: list[ChangeBatch] = []
+
+        async def follow() -> None:
+            async for b in provider.watch(first.revision):
+                batches.append(b)
+
+        task = asyncio.create_task(follow())
+        drafted = Canary(revision=0, base=base, selector={"canary": "true"}, started=1.0)
+        rev = await commit(300, canary=drafted)
+        for _ in range(200):
+            if any(b.revision == rev for b in batches):
+                break
+            await asyncio.sleep(0.02)
+        [batch] = [b for b in batches if b.revision == rev]
+        assert batch.canary_changed and batch.canary is not None
+        assert batch.canary.revision == rev and batch.canary.base == base
+        assert len(batch.puts) == 300
+        assert (await store.canary()) == batch.canary
+
+        loaded = await EtcdProvider(EtcdSettings.from_url(url)).load()
+        assert loaded.canary == batch.canary and loaded.canary_before is not None
+        before = loaded.canary_before
+        assert len(before) == 300
+        assert before[ResourceKey("Webhook", "acme", "h250")] is None  # created by the canary
+        h0 = json.loads(before[ResourceKey("Webhook", "acme", "h0")])  # type: ignore[arg-type]
+        assert h0["spec"]["limits"]["burst"] == 200
+
+        ended = await commit(1, clear_canary=True)
+        for _ in range(200):
+            if any(b.revision == ended for b in batches):
+                break
+            await asyncio.sleep(0.02)
+        [end] = [b for b in batches if b.revision == ended]
+        assert end.canary_changed and end.canary is None
+
+        etcd_own.put(canary_key("/cn/"), "{not json")
+        broken = await EtcdProvider(EtcdSettings.from_url(url)).load()
+        assert broken.canary is None and any("canary" in e for e in broken.source_errors)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await provider.close()
+        await store.close()
