@@ -309,6 +309,10 @@ KNOWN = {
                                   "spec": _hook()["spec"] | {"delivery": {}}},
     "a lone surrogate key": {**_hook(namespace="acme", annotations={"\ud800": None}),
                              "spec": _hook()["spec"] | {"delivery": {}}},
+    "an unknown field holding a list beside a module tag": {
+        **_hook(namespace="acme"),
+        "spec": {"verify": {"scheme": "none"},
+                 "chain": {"steps": [{"module": "log", "type": []}]}}},
 }
 
 
@@ -324,6 +328,9 @@ def test_known_cases_name_the_field() -> None:
                     check_errors(list(exc.errors), [doc], SOURCE)
                 except AssertionError as failure:
                     failures.append(f"{what}: {str(failure).splitlines()[0]}")
+            except Exception as exc:
+                c.outcome = "crashed"
+                failures.append(f"{what}: {type(exc).__name__}: {exc}")
             else:
                 failures.append(f"{what}: accepted")
     assert not failures, "\n".join(failures)
