@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -91,6 +92,9 @@ class EtcdProvider:
         self._meta = meta_key(p).encode()
         self._position = 0  # store revision the last full load was read at
         self._seen = 0  # store revision the watch has processed up to
+        # Since when the watch has been waiting on etcd with nothing to process (None: busy,
+        # or its consumer is): only such a wait can be a stuck watch.
+        self._idle_since: float | None = None
         self._memory = Materializing()
         # A commit too large to remember: its materialization is not delivered, and a full
         # reload follows it.
@@ -289,7 +293,7 @@ class EtcdProvider:
         if self.settings.watchdog_s > 0:
             helpers.append(asyncio.create_task(self._watchdog(stuck)))
         try:
-            async for resp in _until(call, stuck):
+            async for resp in self._responses(call, stuck):
                 if resp.compact_revision:
                     raise RevisionCompacted(resp.compact_revision)
                 if resp.canceled:
@@ -373,6 +377,31 @@ class EtcdProvider:
         puts.pop(rkey, None)
         deletes.add(rkey)
 
+    async def _responses(self, call: Any, stuck: asyncio.Event) -> AsyncIterator[Any]:
+        """The stream's responses, until it ends or `stuck` is set (then _Restart)."""
+        it = call.__aiter__()
+        flagged = asyncio.ensure_future(stuck.wait())
+        nxt: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                nxt = asyncio.ensure_future(it.__anext__())
+                self._idle_since = time.monotonic()
+                await asyncio.wait((nxt, flagged), return_when=asyncio.FIRST_COMPLETED)
+                self._idle_since = None
+                if not nxt.done():
+                    raise _Restart("watch stuck")
+                try:
+                    resp = nxt.result()
+                except StopAsyncIteration:
+                    return
+                nxt = None
+                yield resp
+        finally:
+            self._idle_since = None
+            flagged.cancel()
+            if nxt is not None and not nxt.done():
+                nxt.cancel()
+
     # -- watchdog ---------------------------------------------------------------------------
 
     async def _watchdog(self, stuck: asyncio.Event) -> None:
@@ -387,8 +416,9 @@ class EtcdProvider:
             if target <= self._seen:
                 continue
             await asyncio.sleep(grace)  # an event on its way is not a stuck watch
-            if self._seen >= target:
-                continue
+            idle = self._idle_since
+            if self._seen >= target or idle is None or time.monotonic() - idle < grace:
+                continue  # caught up, or busy with what arrived: a slow reader, not a stuck one
             self._resyncs += 1
             log.warning("watch stuck: the store is at revision %d, the watch delivered up to "
                         "%d and nothing arrived for %.0f s; reloading", target, self._seen, grace)
@@ -430,29 +460,6 @@ def with_revision(canary: Canary, mod_revision: int) -> Canary:
     """The record with its revision: the control plane drafts it as 0 (an etcd commit learns
     its revision only once done), and the record is written by the canary's own commit."""
     return canary if canary.revision > 0 else replace(canary, revision=int(mod_revision))
-
-
-async def _until(call: Any, stuck: asyncio.Event) -> AsyncIterator[Any]:
-    """The stream's responses, until it ends or `stuck` is set (then _Restart)."""
-    it = call.__aiter__()
-    flagged = asyncio.ensure_future(stuck.wait())
-    nxt: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            nxt = asyncio.ensure_future(it.__anext__())
-            await asyncio.wait((nxt, flagged), return_when=asyncio.FIRST_COMPLETED)
-            if not nxt.done():
-                raise _Restart("watch stuck")
-            try:
-                resp = nxt.result()
-            except StopAsyncIteration:
-                return
-            nxt = None
-            yield resp
-    finally:
-        flagged.cancel()
-        if nxt is not None and not nxt.done():
-            nxt.cancel()
 
 
 class _Restart(Exception):
