@@ -56,9 +56,9 @@ async def seed(endpoint: str, docs: dict[ResourceKey, bytes]) -> None:
     host, port = endpoint.split(":")
     c = aetcd.Client(host=host, port=int(port), timeout=30)
     items = list(docs.items())
-    for start in range(0, len(items), 5000):
+    for start in range(0, len(items), 100):  # etcd's default: 128 operations per transaction
         ops = [c.transactions.put(resource_key(PREFIX, k).encode(), v)
-               for k, v in items[start : start + 5000]]
+               for k, v in items[start : start + 100]]
         await c.transaction(compare=[], success=ops, failure=[])
     await c.close()
 
