@@ -218,7 +218,7 @@ class ControlPlane:
             if not dry_run:
                 # Read after the revision: a canary committed in between makes our commit's
                 # compare-and-swap fail, and the retry finds it here.
-                running = await self._running_canary()
+                running = await self.store.canary()
                 if running is not None:
                     raise CanaryRunning(running, revision)
             if expected_revision is not None and revision != expected_revision:
@@ -272,7 +272,7 @@ class ControlPlane:
 
     async def decide_canary(self, now: float | None = None) -> Decision | None:
         """Promote or abort the running canary if `canary.assess` says so; what was decided."""
-        canary = await self._running_canary()
+        canary = await self.store.canary()
         if canary is None:
             return None
         judged = assess(canary, await self.store.gateways(),
@@ -295,7 +295,7 @@ class ControlPlane:
         revision = 0
         for _ in range(RACE_RETRIES):
             revision, current = await self.store.read()
-            canary = await self._running_canary()
+            canary = await self.store.canary()
             if canary is None or (expect is not None and canary.revision != expect):
                 raise NotFound("no canary is running")
             changes: tuple[Change, ...] = ()
@@ -318,18 +318,6 @@ class ControlPlane:
             return Outcome(new, changes)
         raise Conflict("the config kept changing; try again", revision)
 
-    async def _running_canary(self) -> Canary | None:
-        canary = await self.store.canary()
-        if canary is None or canary.revision > 0:
-            return canary
-        # A store that wrote the record as drafted, without the commit's revision (unknown
-        # before an etcd commit): nothing but a promote or an abort writes history while a
-        # canary runs, so the newest record is the canary's own.
-        newest = await self.store.history(1)
-        if newest and (newest[0].rollout or {}).get("action") == "canary":
-            return replace(canary, revision=newest[0].revision)
-        return canary
-
     async def _revert(self, canary: Canary, current: Mapping[ResourceKey, Stored]
                       ) -> tuple[tuple[Change, ...], dict[ResourceKey, Doc], list[ResourceKey]]:
         """Every resource the canary revision changed, back to its value before it."""
@@ -347,7 +335,7 @@ class ControlPlane:
 
     async def canary_status(self, principal: Principal) -> dict[str, Any] | None:
         """The running canary, its gateways and where it stands; None when none runs."""
-        canary = await self._running_canary()
+        canary = await self.store.canary()
         if canary is None:
             return None
         view = assess(canary, await self.store.gateways(), time.time(),
@@ -496,10 +484,17 @@ def _rollout_cut(view: dict[str, Any], record: HistoryRecord,
     """A namespace token sees that a rollout decision was taken, and why only when the revision
     changed its namespace alone (an abort's reason may name other namespaces' resources)."""
     rollout = view.get("rollout")
-    if principal.admin or not isinstance(rollout, Mapping):
+    if not isinstance(rollout, Mapping):
         return view
     raw = rollout.get("canary")
     canary: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    if rollout.get("action") == "canary" and not canary.get("revision"):
+        # Recorded as drafted, before the commit gave it a revision: this record's own.
+        canary = {**canary, "revision": record.revision}
+        rollout = {**rollout, "canary": canary}
+        view = {**view, "rollout": rollout}
+    if principal.admin:
+        return view
     cut: dict[str, Any] = {
         "action": rollout.get("action"),
         "canary": {k: canary.get(k) for k in ("revision", "base", "selector") if k in canary},

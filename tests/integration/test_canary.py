@@ -166,6 +166,8 @@ def test_canary_then_promote_and_a_plain_apply_meanwhile_gets_409(fleet: Fleet) 
     for gw in fleet.gateways:
         status, revision = fleet.accepts(gw, B)
         assert status == 200 and revision >= c
+    started = fleet.rollout_record("canary", c)
+    assert started is not None and started["rollout"]["canary"]["selector"] == {"canary": "true"}
     record = fleet.rollout_record("promote", c)
     assert record is not None and record["author"] == "admin" and record["changes"] == []
     assert record["rollout"]["reason"] == "B is good"
