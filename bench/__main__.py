@@ -21,6 +21,7 @@ SECTIONS = [
     ("Config layer (etcd, 100k webhooks in 10k namespaces)", "bench.config_layer"),
     ("Control plane (etcd, apply and rollout)", "bench.control_plane"),
     ("Apply sizes on a stock etcd (1 to 10,000 resources)", "bench.apply_sizes"),
+    ("Canary (three gateways: stock etcd, directory store)", "bench.canary"),
 ]
 
 

@@ -34,9 +34,12 @@ def create_api(store: Store, admin_token: str | None, allow_plaintext_secrets: b
     canary = canary if canary is not None else CanarySettings()
     service = ControlPlane(store, allow_plaintext_secrets, canary.min_requests)
 
+    metrics = ApiMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        watch = asyncio.create_task(CanaryWatch(service, canary).run(), name="canary-watch")
+        watch = asyncio.create_task(CanaryWatch(service, canary, metrics).run(),
+                                    name="canary-watch")
         try:
             yield
         finally:
@@ -49,7 +52,7 @@ def create_api(store: Store, admin_token: str | None, allow_plaintext_secrets: b
                   dependencies=[Depends(authorize)])
     app.state.control_plane = service
     app.state.tokens = Tokens(store, admin_token)
-    app.state.metrics = ApiMetrics()
+    app.state.metrics = metrics
     app.state.max_request_bytes = (max_request_bytes if max_request_bytes is not None
                                    else ApiLimits().max_request_bytes)
     install_handlers(app)

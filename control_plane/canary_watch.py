@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from control_plane.canary import CanarySettings
+from control_plane.metrics import ApiMetrics
 from control_plane.service import ControlPlane
 from providers.backoff import backoff
 
@@ -19,9 +20,11 @@ CHECK_TIMEOUT_S = 60.0  # one judgement, reads and the commit included
 
 
 class CanaryWatch:
-    def __init__(self, service: ControlPlane, settings: CanarySettings) -> None:
+    def __init__(self, service: ControlPlane, settings: CanarySettings,
+                 metrics: ApiMetrics | None = None) -> None:
         self.service = service
         self.settings = settings
+        self.metrics = metrics
         self.decisions = 0
 
     async def run(self) -> None:
@@ -30,8 +33,15 @@ class CanaryWatch:
             delay = self.settings.check_s
             try:
                 async with asyncio.timeout(CHECK_TIMEOUT_S):
-                    if await self.service.decide_canary() is not None:
+                    decision = await self.service.decide_canary()
+                    if decision is not None:
                         self.decisions += 1
+                    if self.metrics is not None:
+                        if decision is not None:
+                            self.metrics.canary_decisions.labels(decision.action,
+                                                                 "automatic").inc()
+                        running = await self.service.store.canary() is not None
+                        self.metrics.canary_running.set(1 if running else 0)
                 failures = 0
             except Exception as exc:
                 # Logged when it happens, then retried: a store outage must not end the watch.

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 T = TypeVar("T")
 
@@ -18,6 +18,12 @@ class ApiMetrics:
                                registry=self.registry)
         self.apply_seconds = Histogram("whplane_apply_duration_seconds", "Apply latency",
                                        registry=self.registry)
+        self.canary_running = Gauge(
+            "whplane_canary_running", "1 while a canary runs (as of the last canary check)",
+            registry=self.registry)
+        self.canary_decisions = Counter(
+            "whplane_canary_decisions", "Canaries ended, by action (promote, abort) and by "
+            "whom (operator, automatic)", ["action", "by"], registry=self.registry)
 
     async def timed(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run a write, counted by result (`ok` or the error's class) and timed when it works."""

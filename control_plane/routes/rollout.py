@@ -47,10 +47,12 @@ async def rollout_status(
 @router.post("/promote", response_model=ApplyAnswer, openapi_extra=OPTIONAL_BODY)
 async def promote(body: Decision, who: Who, cp: Service, metrics: Metrics) -> dict[str, Any]:
     outcome = await metrics.timed(lambda: cp.promote(who, body.message))
+    metrics.canary_decisions.labels("promote", "operator").inc()
     return outcome.as_dict()
 
 
 @router.post("/abort", response_model=ApplyAnswer, openapi_extra=OPTIONAL_BODY)
 async def abort(body: Decision, who: Who, cp: Service, metrics: Metrics) -> dict[str, Any]:
     outcome = await metrics.timed(lambda: cp.abort(who, body.message))
+    metrics.canary_decisions.labels("abort", "operator").inc()
     return outcome.as_dict()
