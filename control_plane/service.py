@@ -254,7 +254,7 @@ class ControlPlane:
                     raise
                 continue  # someone applied meanwhile: recompute on the new state
             audit.info("revision %d by %s: %s (%s)", new, principal.name, message,
-                       ", ".join(f"{c.op} {c.key}" for c in effective))
+                       _summary(effective))
             return Outcome(new, tuple(changes))
         raise Conflict("the config kept changing; try again", revision)
 
@@ -513,3 +513,15 @@ def _check_deletes(principal: Principal, keys: Sequence[ResourceKey]) -> None:
 def _connection_in(final: Mapping[ResourceKey, Doc], namespace: str | None, name: str) -> bool:
     return (ResourceKey("Connection", namespace, name) in final
             or ResourceKey("Connection", None, name) in final)
+
+
+def _summary(changes: tuple[Change, ...], shown: int = 20) -> str:
+    """The changes for the audit log: every one for a small apply, counts beyond `shown`."""
+    text = ", ".join(f"{c.op} {c.key}" for c in changes[:shown])
+    if len(changes) > shown:
+        ops: dict[str, int] = {}
+        for c in changes:
+            ops[c.op] = ops.get(c.op, 0) + 1
+        counts = ", ".join(f"{n} {op}" for op, n in sorted(ops.items()))
+        text += f", ... ({len(changes)} changes: {counts})"
+    return text

@@ -127,6 +127,8 @@ class Gateway:
                                              lambda: self._worker_stat("dead_lettered")),
             "whplane_worker_reclaimed": ("Deliveries taken over from dead consumers",
                                          lambda: self._worker_stat("reclaimed")),
+            "whplane_config_resyncs": ("Full reloads forced by the watch watchdog (a stuck watch)",
+                                       lambda: self.provider.status.resyncs),
         })  # fmt: skip
         self.metrics.probe_by(
             "whplane_refused_resources",
@@ -307,7 +309,8 @@ class Gateway:
             "namespaces": snap.webhook_counts(),
             "resources": len(snap),
             "provider": {"url": ps.url, "state": ps.state.value, "endpoint": ps.endpoint,
-                         "last_error": ps.last_error, "reconnects": ps.reconnects},
+                         "last_error": ps.last_error, "reconnects": ps.reconnects,
+                         "resyncs": ps.resyncs},
             "vault": _vault_status(self.secrets),
             "redis": {"configured": self.redis is not None,
                       "ratelimit_degraded": self.limiter.degraded,
