@@ -41,7 +41,7 @@ from control_plane.store import Change, Doc, Draft, HistoryRecord, Store, Stored
 from control_plane.visibility import gateway_view, history_view
 from providers.errors import DocumentError, DocumentErrors, Location
 from providers.loader import plaintext_secrets, validate_documents
-from providers.resources import AnyResource, ResourceKey, Webhook, key_of
+from providers.resources import AnyResource, ResourceKey, Webhook, find_connection, key_of
 from providers.rollout import Canary
 from providers.sandbox import stamp, tenant_problems
 
@@ -511,8 +511,7 @@ def _check_deletes(principal: Principal, keys: Sequence[ResourceKey]) -> None:
 
 
 def _connection_in(final: Mapping[ResourceKey, Doc], namespace: str | None, name: str) -> bool:
-    return (ResourceKey("Connection", namespace, name) in final
-            or ResourceKey("Connection", None, name) in final)
+    return find_connection(final, namespace, name) is not None
 
 
 def _summary(changes: tuple[Change, ...], shown: int = 20) -> str:

@@ -24,6 +24,7 @@ from providers.resources import (
     Namespace,
     ResourceKey,
     Webhook,
+    connection_keys,
     find_connection,
 )
 
@@ -114,10 +115,8 @@ class Snapshot:
         for cname in hook.spec.connections():
             # Both candidates count: a refused namespaced connection leaves the global one
             # serving, which is not what the store says either.
-            candidates = (ResourceKey("Connection", namespace, cname),
-                          ResourceKey("Connection", None, cname))
-            keys.extend(candidates)
-            entry = self.entries.get(candidates[0]) or self.entries.get(candidates[1])
+            keys.extend(connection_keys(namespace, cname))
+            entry = find_connection(self.entries, namespace, cname)
             if entry is not None:
                 conns[cname] = entry.resource  # type: ignore[assignment]
                 in_force.append(entry)
