@@ -26,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from data_plane import redis_keys as keys
 from data_plane.circuit import CircuitBreaker, Circuits
 from data_plane.delivery import Delivery
+from data_plane.logs import request_id as request_id_var
 from data_plane.queue import DeliveryQueue, Entry
 from providers.backoff import backoff
 
@@ -304,6 +305,8 @@ class Worker:
         except (KeyError, ValueError) as exc:
             await self._dead(entry_id, fields, REASON_UNDECODABLE, 0, repr(exc)[:_MAX_ERROR])
             return
+        # This task's log lines (modules' included) carry the id of the request that queued it.
+        request_id_var.set(delivery.request_id)
         policy = self._retry_policy(delivery)
         if policy is None:
             await self._dead(entry_id, fields, REASON_GONE, delivery.attempt, "")

@@ -28,11 +28,14 @@ from providers.store_keys import normalize_prefix
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Keepalive pings find a dead member within seconds instead of waiting on TCP timeouts.
+# Keepalive pings find a dead member within seconds instead of waiting on TCP timeouts. etcd
+# answers GOAWAY ENHANCE_YOUR_CALM "too_many_pings" to a client pinging more often than its
+# --grpc-keepalive-min-time (default 5 s) or pinging with no call open (its policy does not
+# permit that): ping every 10 s, only while a call (a watch) is open.
 GRPC_OPTIONS = {
-    "grpc.keepalive_time_ms": 5_000,
+    "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 3_000,
-    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.keepalive_permit_without_calls": 0,
     "grpc.http2.max_pings_without_data": 0,
     "grpc.max_receive_message_length": 256 * 1024 * 1024,
     "grpc.max_send_message_length": 64 * 1024 * 1024,
