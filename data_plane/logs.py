@@ -55,7 +55,19 @@ def _indented(text: str) -> str:
     return "\n".join("    " + escape(line) for line in text.splitlines())
 
 
+# What every LogRecord has; anything else on a record came from a call's `extra={...}`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "request_id", "taskName"}
+
+
+def _jsonable(value: object) -> object:
+    return value if isinstance(value, str | int | float | bool | None) else str(value)
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per event, with the `extra={...}` fields of the call (modules' `whplane`
+    values, say) as keys of their own."""
+
     def format(self, record: logging.LogRecord) -> str:
         out = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -67,9 +79,12 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", "")
         if rid:
             out["request_id"] = rid
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and key not in out:
+                out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return json.dumps(out, ensure_ascii=False, default=_jsonable)
 
 
 def configure(level: str = "info", json_lines: bool = False, prefix: str = "") -> None:
@@ -86,3 +101,6 @@ def configure(level: str = "info", json_lines: bool = False, prefix: str = "") -
     root.setLevel(level.upper())
     # httpx logs every request at INFO, with URLs: too chatty, and URLs may carry tokens.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # watchfiles says "N changes detected" at INFO on every change it sees: with a directory
+    # store that is every heartbeat of every gateway, burying the webhook lines.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
