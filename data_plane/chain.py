@@ -15,6 +15,12 @@ The result never raises for a delivery problem; it says what happened:
   or a `ChainTimeout`), with `retryable` True if ANY failure was retryable: a retry of the chain
   is worth it as soon as one destination may take the webhook later.
 
+Each step with a Connection obeys that Connection's circuit breaker (`clients.circuits`): while
+it is open the step is not tried and fails with `CircuitOpen` (retryable). Retryable failures
+feed the breaker, successes close it; a non-retryable failure (the destination answered "no",
+or the config is wrong) says nothing about whether the destination is up. Every step is
+counted in `clients.metrics` by module and result.
+
 Only the caller's own cancellation propagates (as CancelledError).
 """
 
@@ -27,7 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from data_plane.clients import Clients
+from data_plane.circuit import CircuitBreaker, CircuitOpen
+from data_plane.clients import Clients, connection_key
 from data_plane.delivery import Delivery
 from data_plane.errors import ChainTimeout, DeliveryError, StepFailed, destination_of
 from data_plane.modules import MODULES, Runner
@@ -123,7 +130,9 @@ class _Run:
     async def step(self, index: int, step: Any) -> bool:
         """Run one step, record its outcome; True if it succeeded."""
         module: str = step.module
+        metrics = self.clients.metrics
         start = time.perf_counter()
+        breaker = self.breaker(step)
         try:
             runner = self.modules.get(module)
             if runner is None:
@@ -132,15 +141,26 @@ class _Run:
                     destination=self.destination(step),
                     retryable=False,
                 )
+            if breaker is not None and not breaker.allow():
+                raise CircuitOpen(breaker.retry_after(), destination=self.destination(step))
             await runner(step, self.endpoint, self.delivery, self.clients)
         except asyncio.CancelledError:
             self.cancelled[index] = (module, self.destination(step), time.perf_counter() - start)
+            metrics.step(module, "cancelled", None)
             raise
+        except CircuitOpen as exc:
+            failure = StepFailed(index, module, exc.reason, destination=exc.destination,
+                                 retryable=True)
+            failure.__cause__ = exc
+            metrics.step(module, "circuit_open", None)
         except DeliveryError as exc:
             failure = StepFailed(
                 index, module, exc.reason, destination=exc.destination, retryable=exc.retryable
             )
             failure.__cause__ = exc
+            if breaker is not None and exc.retryable:
+                breaker.failure()
+            metrics.step(module, "failed", time.perf_counter() - start)
         except Exception as exc:
             # A bug in a module, not a destination problem: log it whole, retrying will not fix
             # it. The message stays generic; an exception's text may hold anything.
@@ -153,16 +173,29 @@ class _Run:
                 destination=self.destination(step), retryable=False,
             )  # fmt: skip
             failure.__cause__ = exc
+            metrics.step(module, "failed", time.perf_counter() - start)
         else:
-            self.outcomes[index] = StepOutcome(
-                index, module, True, None, time.perf_counter() - start
-            )
+            took = time.perf_counter() - start
+            if breaker is not None:
+                breaker.success()
+            metrics.step(module, "ok", took)
+            self.outcomes[index] = StepOutcome(index, module, True, None, took)
             return True
         self.failures.append(failure)
         self.outcomes[index] = StepOutcome(
             index, module, False, str(failure), time.perf_counter() - start
         )
         return False
+
+    def breaker(self, step: Any) -> CircuitBreaker | None:
+        """The circuit breaker of the step's Connection; None for a step without one."""
+        name = getattr(step, "connection", None)
+        conn = self.endpoint.connections.get(name) if name is not None else None
+        if conn is None:
+            return None
+        circuit = conn.spec.circuit
+        return self.clients.circuits.get(connection_key(conn), circuit.failures,
+                                         circuit.cooldown_s)
 
     def destination(self, step: Any) -> str:
         return destination_of(step, self.endpoint.connections)

@@ -3,8 +3,14 @@
 closed ──N consecutive failures──> open ──cool-down elapsed──> half-open
 half-open: one probe delivery goes through; success closes, failure re-opens.
 
-Pure and clock-injectable; state lives in the worker process (each gateway learns on its
-own, which costs at most N failures per gateway per outage).
+One breaker per Connection (`Clients.circuits`, keyed by the Connection's identity), its
+thresholds from the Connection's `circuit: {failures, cooldown_s}`: every webhook delivering
+to a destination feeds and obeys the same breaker. The chain consults it before each step and
+refuses with `CircuitOpen` (retryable; the worker defers the delivery without spending an
+attempt, a sync webhook answers 502).
+
+Pure and clock-injectable; state lives in each gateway process (each learns on its own, which
+costs at most N failures per process per outage).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from enum import StrEnum
 
+from data_plane.errors import DeliveryError
+
 Clock = Callable[[], float]
 
 
@@ -21,6 +29,28 @@ class State(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+class CircuitOpen(DeliveryError, retryable=True):
+    """The destination's circuit is open: the step was not tried. Worth trying again after
+    `retry_after_s`, and no attempt was spent on it."""
+
+    def __init__(self, retry_after_s: float, *, destination: str) -> None:
+        super().__init__(f"circuit open, retry in {retry_after_s:.1f}s", destination=destination)
+        self.retry_after_s = retry_after_s
+
+
+def deferral(exc: BaseException) -> float | None:
+    """Seconds to defer a delivery whose failure is an open circuit (the exception or, for a
+    chain's StepFailed, its cause); None for a real failure."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # StepFailed -> CircuitOpen; bounded against cycles
+        if seen is None:
+            return None
+        if isinstance(seen, CircuitOpen):
+            return seen.retry_after_s
+        seen = seen.__cause__
+    return None
 
 
 class CircuitBreaker:
@@ -104,16 +134,29 @@ class Circuits:
         self._clock = clock
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
 
-    def get(self, key: str) -> CircuitBreaker:
+    def get(
+        self, key: str, threshold: int | None = None, cooldown_s: float | None = None
+    ) -> CircuitBreaker:
+        """The breaker of `key`; given thresholds (a Connection's) replace the defaults, and a
+        breaker whose thresholds changed starts afresh, closed."""
+        threshold = self.threshold if threshold is None else threshold
+        cooldown_s = self.cooldown_s if cooldown_s is None else cooldown_s
         breaker = self._breakers.get(key)
-        if breaker is None:
-            breaker = CircuitBreaker(self.threshold, self.cooldown_s, self._clock)
+        if (
+            breaker is None
+            or breaker.threshold != threshold
+            or breaker.cooldown_s != cooldown_s
+        ):
+            breaker = CircuitBreaker(threshold, cooldown_s, self._clock)
             self._breakers[key] = breaker
             if len(self._breakers) > self.max_size:
                 self._breakers.popitem(last=False)
-        else:
-            self._breakers.move_to_end(key)
+        self._breakers.move_to_end(key)
         return breaker
+
+    def states(self) -> dict[str, State]:
+        """The state of every breaker kept, by key (for the metric)."""
+        return {key: b.state for key, b in self._breakers.items()}
 
     def open_count(self) -> int:
         """Breakers not closed (open or half-open), for a gauge."""

@@ -130,6 +130,7 @@ class Gateway:
             "whplane_config_resyncs": ("Full reloads forced by the watch watchdog (a stuck watch)",
                                        lambda: self.provider.status.resyncs),
         })  # fmt: skip
+        self.metrics.registry.register(self.clients.metrics)  # per-module deliveries, circuits
         self.metrics.probe_by(
             "whplane_refused_resources",
             "Resources of the served revision this gateway refuses, by namespace",

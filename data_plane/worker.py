@@ -6,6 +6,11 @@ cancellation, Redis unreachable at settle time) leaves the entry pending, and so
 reclaims it with XAUTOCLAIM once it has been idle `claim_idle_s`. Live workers reset the idle
 time of their in-flight entries every `claim_idle_s / 4`, so slow deliveries are not taken for
 orphans; `claim_idle_s` only has to outlast a missed heartbeat, not the longest delivery.
+
+A delivery that failed only because its destination's circuit is open (`CircuitOpen`, raised
+by the chain from the Connection's breaker) is deferred until the breaker lets a probe through,
+without spending an attempt: the destination was not tried. A worker given `circuits` also
+keeps breakers of its own, keyed by `destination(delivery)`, for a `deliver` that has none.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from data_plane import redis_keys as keys
-from data_plane.circuit import CircuitBreaker, Circuits
+from data_plane.circuit import CircuitBreaker, Circuits, deferral
 from data_plane.delivery import Delivery
 from data_plane.logs import request_id as request_id_var
 from data_plane.queue import DeliveryQueue, Entry
@@ -96,7 +101,8 @@ class Worker:
     ) -> None:
         """`deliver` raises on failure, with `retryable = False` on the exception for a
         failure that retrying cannot fix. `delay(n, initial, cap)` is the wait before retry
-        n+1 (default: exponential with full jitter). `destination` keys the circuit breakers.
+        n+1 (default: exponential with full jitter). `destination` keys the worker's own
+        circuit breakers, kept only when `circuits` is given.
         """
         self.queue = DeliveryQueue(redis, stream, timeout_s=timeout_s)
         self._deliver = deliver
@@ -110,7 +116,7 @@ class Worker:
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout") or 60.0
         self._block_s = min(block_s, claim_idle_s / 4, socket_timeout / 2)
         self._beat_s = claim_idle_s / 4
-        self.circuits = circuits if circuits is not None else Circuits()
+        self.circuits = circuits
         self._destination = destination
         self._delay = delay
         self._sem = asyncio.Semaphore(concurrency)
@@ -311,23 +317,33 @@ class Worker:
         if policy is None:
             await self._dead(entry_id, fields, REASON_GONE, delivery.attempt, "")
             return
-        breaker = self.circuits.get(self._destination(delivery))
-        if not breaker.allow():
-            # Not an attempt: the destination was not tried. Jitter spreads the wake-ups.
-            wait = breaker.retry_after() * random.uniform(1.0, 1.2)
-            if await self.queue.retry_later(self.group, entry_id, delivery, wait):
-                self._deferred += 1
-                self._wake_mover.set()
+        breaker = (
+            self.circuits.get(self._destination(delivery)) if self.circuits is not None else None
+        )
+        if breaker is not None and not breaker.allow():
+            await self._defer(entry_id, delivery, breaker.retry_after())
             return
         try:
             await self._deliver(delivery)
         except Exception as exc:
+            wait = deferral(exc)
+            if wait is not None:
+                await self._defer(entry_id, delivery, wait)
+                return
             self._failed += 1
             await self._failed_attempt(entry_id, fields, delivery, policy, breaker, exc)
             return
-        breaker.success()
+        if breaker is not None:
+            breaker.success()
         self._delivered += 1
         await self.queue.ack(self.group, entry_id)
+
+    async def _defer(self, entry_id: str, delivery: Delivery, wait_s: float) -> None:
+        # Not an attempt: the destination was not tried. Jitter spreads the wake-ups.
+        wait = max(wait_s, 0.05) * random.uniform(1.0, 1.2)
+        if await self.queue.retry_later(self.group, entry_id, delivery, wait):
+            self._deferred += 1
+            self._wake_mover.set()
 
     async def _failed_attempt(
         self,
@@ -335,13 +351,13 @@ class Worker:
         fields: Mapping[bytes, bytes],
         delivery: Delivery,
         policy: RetryPolicy,
-        breaker: CircuitBreaker,
+        breaker: CircuitBreaker | None,
         exc: Exception,
     ) -> None:
         failures = delivery.attempt + 1
         error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
         retryable = bool(getattr(exc, "retryable", True))
-        if retryable:
+        if retryable and breaker is not None:
             # A non-retryable failure (e.g. 4xx) means the destination answered: not a sign
             # that it is down, so it does not count towards opening the circuit.
             breaker.failure()

@@ -34,8 +34,12 @@ KIND_NOTES = {
     "Connection": "A destination that chain steps name. With `metadata.namespace` it belongs to "
     "that namespace; without it, it is global and usable from every namespace (namespace "
     "tokens can read global connections but not write them). `spec.type` selects the variant. "
-    "Secret-bearing, so references only: `spec.password` (redis) and every `spec.headers` value "
-    "whose header name contains authorization, token, secret, key, cookie or password (http).",
+    "Secret-bearing, so references only: `spec.password` (redis and the destination systems), "
+    "`spec.token` (nats), `spec.access_key_id` and `spec.secret_access_key` (s3, sqs), every "
+    "`spec.headers` value whose header name contains authorization, token, secret, key, cookie "
+    "or password (http, websocket), and `spec.url` of a destination system when it holds a "
+    "password (`amqp://user:PASSWORD@host/`). The delivery modules that use each type are in "
+    "[modules.md](modules.md).",
     "Webhook": "Served at `POST /webhook/{namespace}/{name}`. `metadata.namespace` is required. "
     "`spec.verify.scheme` and each step's `module` select their variants.",
 }

@@ -7,11 +7,16 @@ always lives in a namespace.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, NamedTuple, Protocol, TypeVar
 
 from pydantic import AfterValidator, Field, model_validator
 
+from providers.connection_spec import (
+    DEFAULT_CIRCUIT,
+    CircuitField,
+    DestinationConnectionSpec,
+    secret_headers,
+)
 from providers.model import Name, Referable, Seconds, model, shared
 from providers.payload_schema import check as check_payload_schema
 from providers.step_spec import Step
@@ -23,8 +28,6 @@ Kind = Literal["Namespace", "Connection", "Webhook"]
 GLOBAL = "_global"
 V = TypeVar("V")
 V_co = TypeVar("V_co", covariant=True)
-
-_SECRET_HEADER = re.compile(r"authorization|token|secret|key|cookie|password", re.IGNORECASE)
 
 
 class ResourceKey(NamedTuple):
@@ -103,9 +106,10 @@ class HttpConnectionSpec:
         description="allow loopback, private, link-local and metadata addresses (SSRF guard)",
     )
     max_connections: int = Field(default=100, gt=0, le=10000)
+    circuit: CircuitField = shared(DEFAULT_CIRCUIT)
 
     def secret_fields(self) -> dict[str, str]:
-        return {f"headers.{k}": v for k, v in self.headers.items() if _SECRET_HEADER.search(k)}
+        return secret_headers(self.headers)
 
 
 @model
@@ -118,12 +122,16 @@ class RedisConnectionSpec:
     username: Referable | None = None
     password: Referable | None = None
     timeout_s: Seconds = 5
+    circuit: CircuitField = shared(DEFAULT_CIRCUIT)
 
     def secret_fields(self) -> dict[str, str]:
         return {"password": self.password} if self.password is not None else {}
 
 
-ConnectionSpec = Annotated[HttpConnectionSpec | RedisConnectionSpec, Field(discriminator="type")]
+ConnectionSpec = Annotated[
+    HttpConnectionSpec | RedisConnectionSpec | DestinationConnectionSpec,
+    Field(discriminator="type"),
+]
 
 
 @model

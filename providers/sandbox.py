@@ -14,7 +14,7 @@ Two sets of rules:
   written by one (`metadata.sandbox: true`, set by the control plane and by nobody else), may not
   read the gateway's environment or other namespaces' Vault paths, reach private addresses, write
   local files, use namespaced Redis connections, or name streams and channels outside
-  `NAMESPACE:`.
+  `NAMESPACE:` (queues and subjects outside `NAMESPACE.`, tables outside `NAMESPACE_`).
 """
 
 from __future__ import annotations
@@ -99,19 +99,27 @@ def tenant_problems(doc: Mapping[str, Any], namespace: str) -> list[Problem]:
             if module == "file":
                 out.append(Problem(where, "the file module writes the gateways' disks and is "
                                           "for the admin"))
-            for field in _NAMED_BY_STEP.get(str(module), ()):
+            for field, separator in _NAMED_BY_STEP.get(str(module), ()):
                 name = config.get(field)
-                if isinstance(name, str) and not name.startswith(f"{namespace}:"):
+                prefix = f"{namespace}{separator}"
+                if isinstance(name, str) and name and not name.startswith(prefix):
                     out.append(Problem(f"{where}.config.{field}",
                                        f"names of namespace {namespace!r} start with "
-                                       f"'{namespace}:'"))
+                                       f"'{prefix}'"))
     return out
 
 
-# Step config fields naming shared data (Redis streams, channels): confined per namespace.
-_NAMED_BY_STEP: dict[str, tuple[str, ...]] = {
-    "redis_stream": ("stream",),
-    "redis_publish": ("channel",),
+# Step config fields naming data in a system others may share (a global Connection: Redis
+# streams and channels, queues, tables, subjects), and the separator after the namespace that
+# confines them: (field, separator) per module. An empty value (the default exchange) is not
+# a name.
+_NAMED_BY_STEP: dict[str, tuple[tuple[str, str], ...]] = {
+    "redis_stream": (("stream", ":"),),
+    "redis_publish": (("channel", ":"),),
+    "rabbitmq": (("exchange", "."), ("routing_key", ".")),
+    "postgres": (("table", "_"),),
+    "mysql": (("table", "_"),),
+    "nats": (("subject", "."),),
 }
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
+from providers.destination_steps import DESTINATION_MODULES, DestinationStep, refuse_unbuilt
 from providers.model import Name, Referable, Seconds, model, shared
 
 
@@ -113,8 +114,11 @@ class FileStep:
 
 
 Step = Annotated[
-    LogStep | HttpStep | RedisStreamStep | RedisPublishStep | FileStep,
+    LogStep | HttpStep | RedisStreamStep | RedisPublishStep | FileStep
+    | DestinationStep,
     Field(discriminator="module"),
+    BeforeValidator(refuse_unbuilt),
 ]
 
-MODULES = ("log", "http", "redis_stream", "redis_publish", "file")
+MODULES = ("log", "http", "redis_stream", "redis_publish", "file",
+           *DESTINATION_MODULES)

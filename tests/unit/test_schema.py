@@ -152,8 +152,8 @@ spec: {type: http, url: "https://x.example", headers: {Authorization: "Bearer {$
     assert secret_fields(http) == {"spec.headers.Authorization": "Bearer {$T}"}
     errs = errors_of(text.replace("type: http, url: \"https", "type: http, url: \"ftp"))
     assert errs == ["config.yaml[1]: spec.url: String should match pattern '^(https?://|\\{\\$|<\\$vault:)'"]
-    errs = errors_of(text.replace("type: redis", "type: kafka"))
-    assert errs[0].startswith("config.yaml[0]: spec: unknown type 'kafka'; expected one of")
+    errs = errors_of(text.replace("type: redis", "type: pigeon"))
+    assert errs[0].startswith("config.yaml[0]: spec: unknown type 'pigeon'; expected one of")
 
 
 def test_all_errors_reported_with_index_and_duplicates() -> None:
