@@ -12,18 +12,26 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import aetcd
 import aetcd.exceptions
 import grpc
 from aetcd import rpc
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from providers.backoff import backoff
 from providers.errors import RevisionCompacted, StoreUnavailable
 from providers.store_keys import normalize_prefix
+from providers.url_settings import (
+    SETTINGS_CONFIG,
+    NonNegativeSeconds,
+    PositiveSeconds,
+    query_options,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,20 +61,27 @@ _RETRY_CODES = frozenset({
 })  # fmt: skip
 
 
-@dataclass(frozen=True)
+# Where `EtcdSettings.from_url` reads each field.
+_SOURCES = {"endpoints": "etcd URL host list", "prefix": "etcd URL path",
+            "timeout_s": "?timeout", "watchdog_s": "?watchdog (or WH_WATCHDOG_S)"}
+
+
+@dataclass(frozen=True, config=SETTINGS_CONFIG)
 class EtcdSettings:
-    endpoints: tuple[tuple[str, int], ...]
+    endpoints: tuple[tuple[Annotated[str, Field(min_length=1)],
+                           Annotated[int, Field(ge=1, le=65535)]], ...] = Field(min_length=1)
     prefix: str = "/whplane/"
     username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    timeout_s: float = 5.0
+    password: str | None = Field(default=None, repr=False)
+    timeout_s: PositiveSeconds = 5.0
     # How often a watcher checks that it is not behind the store without having heard of it
     # (a stuck watch): `?watchdog=S` in the URL or WH_WATCHDOG_S; 0 turns the check off.
-    watchdog_s: float = 30.0
+    watchdog_s: NonNegativeSeconds = 30.0
 
     @classmethod
     def from_url(cls, url: str, env: Mapping[str, str] | None = None) -> EtcdSettings:
-        """`etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?timeout=S]`; credentials from the environment.
+        """`etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?timeout=S&watchdog=S]`; credentials from
+        the environment.
 
         The password is read from `WH_ETCD_PASSWORD` (never from the URL, which ends up in
         process listings and logs).
@@ -81,24 +96,24 @@ class EtcdSettings:
         endpoints: list[tuple[str, int]] = []
         for hostport in filter(None, parts.netloc.split(",")):
             host, _, port = hostport.rpartition(":")
-            if not host or not port.isdigit():
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"etcd endpoint {hostport!r} is not HOST:PORT")
             endpoints.append((host.strip("[]"), int(port)))
         if not endpoints:
             raise ValueError(f"etcd URL names no endpoint: {url!r}")
-        query = parse_qs(parts.query)
-        timeout = float(query.get("timeout", ["5"])[0])
-        watchdog = float(query.get("watchdog", [env.get("WH_WATCHDOG_S") or "30"])[0])
-        if watchdog < 0:
-            raise ValueError(f"watchdog interval must be >= 0 seconds, got {watchdog}")
-        return cls(
-            endpoints=tuple(endpoints),
-            prefix=normalize_prefix(parts.path or "/whplane/"),
-            username=env.get("WH_ETCD_USERNAME") or None,
-            password=env.get("WH_ETCD_PASSWORD") or None,
-            timeout_s=timeout,
-            watchdog_s=watchdog,
-        )
+        options = query_options(parts.query, ("timeout", "watchdog"), "etcd URL")
+        values: dict[str, Any] = {
+            "endpoints": tuple(endpoints),
+            "prefix": normalize_prefix(parts.path or "/whplane/"),
+            "username": env.get("WH_ETCD_USERNAME") or None,
+            "password": env.get("WH_ETCD_PASSWORD") or None,
+        }
+        if "timeout" in options:
+            values["timeout_s"] = options["timeout"]
+        watchdog = options.get("watchdog") or env.get("WH_WATCHDOG_S")
+        if watchdog:
+            values["watchdog_s"] = watchdog
+        return validate(cls, values, _SOURCES)
 
     @property
     def url(self) -> str:

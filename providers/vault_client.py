@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 from urllib.parse import quote
 
 import hvac
 import hvac.exceptions
 import requests
+from pydantic import Field, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from providers.errors import SecretBackendError
+from providers.url_settings import SETTINGS_CONFIG, PositiveSeconds, env_values, validate
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,21 @@ MAX_THREADS = 64
 _REASON_MAX = 200
 
 
-@dataclass(frozen=True, repr=False)
+# Where `VaultSettings.from_env` reads each field.
+_VARIABLES = {
+    "addr": "VAULT_ADDR",
+    "token": "VAULT_TOKEN",
+    "role_id": "VAULT_ROLE_ID",
+    "secret_id": "VAULT_SECRET_ID",
+    "namespace": "VAULT_NAMESPACE",
+    "mount": "WH_VAULT_MOUNT",
+    "kv_version": "WH_VAULT_KV_VERSION",
+    "timeout_s": "WH_VAULT_TIMEOUT",
+    "verify": "VAULT_CACERT",
+}
+
+
+@dataclass(frozen=True, config=SETTINGS_CONFIG, repr=False)
 class VaultSettings:
     addr: str
     token: str | None = None
@@ -48,21 +63,33 @@ class VaultSettings:
     approle_mount: str = "approle"
     namespace: str | None = None
     mount: str = "secret"
-    kv_version: int = 2
-    timeout_s: float = 5.0
+    kv_version: Annotated[int, Field(ge=1, le=2, description="KV engine version: 1 or 2")] = 2
+    timeout_s: PositiveSeconds = 5.0
     verify: bool | str = True  # False, True, or the path of a CA bundle
 
-    def __post_init__(self) -> None:
-        if not self.addr.startswith(("http://", "https://")):
-            raise ValueError(f"Vault address {self.addr!r} must start with http:// or https://")
-        if self.kv_version not in (1, 2):
-            raise ValueError(f"KV version must be 1 or 2, not {self.kv_version!r}")
-        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
-            raise ValueError(f"Vault timeout must be a positive number, not {self.timeout_s!r}")
-        if not self.mount.strip("/"):
-            raise ValueError("Vault mount must not be empty")
-        if not self.token and not (self.role_id and self.secret_id):
+    @field_validator("addr")
+    @classmethod
+    def _addr(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        if not value.strip("/"):
+            raise ValueError("must name a mount, not be empty or only slashes")
+        return value.strip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if self.role_id and not self.secret_id:
+            raise ValueError("role_id is set but secret_id is not")
+        if self.secret_id and not self.role_id:
+            raise ValueError("secret_id is set but role_id is not")
+        if not self.token and not self.role_id:
             raise ValueError("Vault needs a token, or an AppRole role_id and secret_id")
+        return self
 
     @property
     def uses_approle(self) -> bool:
@@ -88,51 +115,10 @@ class VaultSettings:
 
         Empty values count as unset. A malformed value raises ValueError naming the variable.
         """
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        addr = get("VAULT_ADDR")
-        if addr is None:
+        values = env_values(env, _VARIABLES)
+        if "addr" not in values:
             return None
-        if not addr.startswith(("http://", "https://")):
-            raise ValueError(f"VAULT_ADDR={addr!r} must start with http:// or https://")
-        token, role_id, secret_id = get("VAULT_TOKEN"), get("VAULT_ROLE_ID"), get("VAULT_SECRET_ID")
-        if role_id and not secret_id:
-            raise ValueError("VAULT_ROLE_ID is set but VAULT_SECRET_ID is not")
-        if secret_id and not role_id:
-            raise ValueError("VAULT_SECRET_ID is set but VAULT_ROLE_ID is not")
-        if not token and not role_id:
-            raise ValueError(
-                "VAULT_ADDR is set but neither VAULT_TOKEN nor VAULT_ROLE_ID + VAULT_SECRET_ID are"
-            )
-        mount = (get("WH_VAULT_MOUNT") or "secret").strip("/")
-        if not mount:
-            raise ValueError("WH_VAULT_MOUNT must name a mount, not be only slashes")
-        raw_version = get("WH_VAULT_KV_VERSION") or "2"
-        if raw_version not in ("1", "2"):
-            raise ValueError(f"WH_VAULT_KV_VERSION={raw_version!r} must be 1 or 2")
-        raw_timeout = get("WH_VAULT_TIMEOUT") or "5"
-        try:
-            timeout = float(raw_timeout)
-        except ValueError:
-            timeout = math.nan
-        if not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(
-                f"WH_VAULT_TIMEOUT={raw_timeout!r} must be a positive number of seconds"
-            )
-        return cls(
-            addr=addr.rstrip("/"),
-            token=token,
-            role_id=role_id,
-            secret_id=secret_id,
-            namespace=get("VAULT_NAMESPACE"),
-            mount=mount,
-            kv_version=int(raw_version),
-            timeout_s=timeout,
-            verify=get("VAULT_CACERT") or True,
-        )
+        return validate(cls, values, _VARIABLES)
 
 
 class VaultRequestError(SecretBackendError):
