@@ -226,7 +226,7 @@ DESTINATION_MODULES = ("rabbitmq", "kafka", "postgres", "mysql", "clickhouse", "
 
 # Delete a module's name here in the commit that registers its runner in data_plane/modules.
 NOT_YET_BUILT = frozenset({"rabbitmq", "postgres", "mysql", "nats", "kafka", "clickhouse", "s3",
-                           "sqs", "mqtt", "stomp", "zeromq", "websocket", "redis_rq"})
+                           "sqs", "stomp", "zeromq", "websocket", "redis_rq"})
 
 
 def refuse_unbuilt(value: Any) -> Any:
