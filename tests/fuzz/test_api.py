@@ -243,10 +243,11 @@ def test_admin_apply(cp: ControlPlaneHarness, data: st.DataObject) -> None:
 @given(st.data())
 def test_admin_diff(cp: ControlPlaneHarness, data: st.DataObject) -> None:
     docs, _ = data.draw(admin_docs.flatmap(maybe_mutated))
+    prune = data.draw(st.booleans())
     cp.fresh()
     before = cp.state()
     with count("api.diff.admin") as c:
-        r = cp.call("POST", "/v1/diff", {"resources": docs, "prune": data.draw(st.booleans())})
+        r = cp.call("POST", "/v1/diff", {"resources": docs, "prune": prune})
         c.outcome = str(r.status_code)
         note(f"answer {r.status_code}: {r.text[:3000]}")
         check_answer(r, docs)

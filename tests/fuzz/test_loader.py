@@ -384,3 +384,35 @@ def test_weird_keys_anywhere_are_document_errors() -> None:
                     c.outcome = "crashed"
                     failures.append(f"{key!r} in {text[:160]}...: {type(exc).__name__}: {exc}")
     assert not failures, "\n".join(failures)
+
+
+KNOWN_TEXTS = {
+    # YAML whose mapping keys are not strings, not even hashable: found by the text target.
+    "a !!set as a mapping key": "  limits: {!!set {a, b}}\n",
+    "a list as a mapping key": "  limits:\n    ? [a, b]\n    : 1\n",
+    "a mapping as a mapping key": "  limits:\n    ? {a: 1}\n    : 1\n",
+    "an integer as a mapping key": "  limits: {1: 2}\n",
+}
+
+
+def test_known_texts_are_document_errors() -> None:
+    failures = []
+    for what, spec_line in KNOWN_TEXTS.items():
+        text = ("apiVersion: whplane/v1\nkind: Webhook\nmetadata: {name: h, namespace: acme}\n"
+                "spec:\n  verify: {scheme: none}\n  chain: {steps: [{module: log}]}\n"
+                + spec_line)
+        with count("loader.known_texts") as c:
+            try:
+                load_documents([("known.yaml", text)])
+                c.outcome = "valid"
+                failures.append(f"{what}: accepted")
+            except DocumentErrors as exc:
+                c.outcome = "refused"
+                try:
+                    check_errors(list(exc.errors), _parsed("known.yaml", text), "known.yaml")
+                except AssertionError as failure:
+                    failures.append(f"{what}: {str(failure).splitlines()[0]}")
+            except Exception as exc:
+                c.outcome = "crashed"
+                failures.append(f"{what}: {type(exc).__name__}: {exc}")
+    assert not failures, "\n".join(failures)
