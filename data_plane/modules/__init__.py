@@ -15,7 +15,18 @@ from typing import Any
 
 from data_plane.clients import Clients
 from data_plane.delivery import Delivery
-from data_plane.modules import file, http, log, mqtt, redis_publish, redis_stream
+from data_plane.modules import (
+    file,
+    http,
+    log,
+    mqtt,
+    mysql,
+    nats,
+    postgres,
+    rabbitmq,
+    redis_publish,
+    redis_stream,
+)
 from providers.snapshot import Endpoint
 
 Runner = Callable[[Any, Endpoint, Delivery, Clients], Awaitable[None]]
@@ -27,6 +38,10 @@ MODULES: Mapping[str, Runner] = MappingProxyType(
         "redis_stream": redis_stream.run,
         "redis_publish": redis_publish.run,
         "file": file.run,
+        "rabbitmq": rabbitmq.run,
+        "postgres": postgres.run,
+        "mysql": mysql.run,
+        "nats": nats.run,
         "mqtt": mqtt.run,
     }
 )
