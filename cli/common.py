@@ -14,6 +14,7 @@ from typer.core import TyperCommand, TyperOption
 
 from cli import render
 from cli.client import ApiClient, ApiError, ApplyAnswer, Unreachable
+from providers.errors import Location
 
 # Consoles resolve sys.stdout / sys.stderr when they write, so they follow redirections.
 out = Console()
@@ -37,15 +38,20 @@ def api_of(ctx: typer.Context) -> ApiClient:
 
 
 @contextmanager
-def server_errors(exit_code: int = 1) -> Iterator[None]:
-    """Print a failed call as `error: ...`; exit `exit_code` on a refusal, 2 when unreachable."""
+def server_errors(exit_code: int = 1,
+                  locations: Mapping[str, Location] | None = None) -> Iterator[None]:
+    """Print a failed call as `error: ...`; exit `exit_code` on a refusal, 2 when unreachable.
+
+    `locations` maps the sources the control plane names in its errors to the documents'
+    places in the files, so its errors read like `validate`'s, lines included.
+    """
     try:
         yield
     except Unreachable as exc:
         render.print_errors(err, str(exc))
         raise typer.Exit(2) from None
     except ApiError as exc:
-        render.print_api_error(err, exc)
+        render.print_api_error(err, exc, locations or {})
         raise typer.Exit(exit_code) from None
 
 

@@ -30,7 +30,7 @@ from cli.client import (
     HistoryRecord,
     RolloutStatus,
 )
-from providers.errors import ReferenceError_
+from providers.errors import DocumentError, Location, ReferenceError_
 from providers.references import has_refs, parse
 
 _PAST = {"create": "created", "update": "updated", "delete": "deleted", "unchanged": "unchanged"}
@@ -114,14 +114,18 @@ def apply_lines(answer: ApplyAnswer) -> list[str]:
 # --- errors ------------------------------------------------------------------------------------
 
 
-def document_error_line(error: Mapping[str, Any]) -> str:
-    """`source[document]: field: reason`, the same shape as offline validation errors."""
-    where = str(error.get("source") or "?")
-    if error.get("document") is not None:
-        where += f"[{error['document']}]"
-    field = error.get("field")
-    reason = error.get("reason", "")
-    return f"{where}: {field}: {reason}" if field else f"{where}: {reason}"
+def document_error_line(error: Mapping[str, Any],
+                        locations: Mapping[str, Location] | None = None) -> str:
+    """A control plane's document error as `validate` prints it when the document is one of
+    ours (`locations`, by the source label sent); else `source[document]: field: reason`."""
+    source = str(error.get("source") or "?")
+    field = str(error.get("field") or "")
+    reason = str(error.get("reason", ""))
+    label = source if error.get("document") is None else f"{source}[{error['document']}]"
+    location = (locations or {}).get(label)
+    if location is not None:
+        return DocumentError(location, field, reason).readable()
+    return f"{label}: {field}: {reason}" if field else f"{label}: {reason}"
 
 
 def print_errors(console: Console, head: str, lines: Iterable[str] = ()) -> None:
@@ -134,8 +138,17 @@ def print_errors(console: Console, head: str, lines: Iterable[str] = ()) -> None
     console.print(text, soft_wrap=True)
 
 
-def print_api_error(console: Console, exc: ApiError) -> None:
-    print_errors(console, str(exc), (document_error_line(e) for e in exc.document_errors))
+def print_warning(console: Console, message: str) -> None:
+    text = Text()
+    text.append("warning:", style="bold yellow")
+    text.append(f" {message}")
+    console.print(text, soft_wrap=True)
+
+
+def print_api_error(console: Console, exc: ApiError,
+                    locations: Mapping[str, Location] | None = None) -> None:
+    print_errors(console, str(exc),
+                 (document_error_line(e, locations) for e in exc.document_errors))
 
 
 # --- tables ------------------------------------------------------------------------------------

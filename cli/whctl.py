@@ -44,7 +44,7 @@ from cli.common import (
 )
 from cli.rollout import follow, parse_duration
 from providers.errors import DocumentError, DocumentErrors, Location
-from providers.loader import iter_files, load_documents, parse_text, plaintext_secrets
+from providers.loader import parse_text, plaintext_secrets, read_texts, validate_documents
 from providers.resources import AnyResource
 from providers.rollout import parse_selector
 
@@ -114,7 +114,9 @@ def _read_token(path: Path) -> str:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        render.print_errors(err, f"cannot read the token file {path}: {_os_reason(exc)}")
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (
+            exc.strerror or str(exc))
+        render.print_errors(err, f"cannot read the token file {path}: {reason}")
         raise typer.Exit(2) from None
     if not token:
         render.print_errors(err, f"the token file {path} is empty")
@@ -132,23 +134,46 @@ class Loaded:
     locations: list[Location]
     docs: list[Doc]
     resources: list[AnyResource]
+    empty: list[str]  # files that hold no document at all
 
     @property
     def sources(self) -> list[str]:
         return [str(location) for location in self.locations]
 
+    def by_source(self) -> dict[str, Location]:
+        """What the control plane's errors name (`file.yaml[0]`, or `request[i]` for a diff
+        sent without labels) -> where the document is, lines included."""
+        labels = {str(location): location for location in self.locations}
+        labels.update({f"request[{i}]": loc for i, loc in enumerate(self.locations)})
+        return labels
+
 
 def load_files(paths: Sequence[Path]) -> Loaded:
-    """`providers.loader.load_paths`, keeping the parsed documents: they are sent, not the models.
+    """Read, parse and validate every file once; raise DocumentErrors naming every problem.
 
-    Each file is read once, so what is validated is what is sent.
+    The parsed documents are kept: they are sent, not the models, so what is validated is what
+    is sent. A file that cannot be read does not stop the others from being checked.
     """
-    texts = [(str(f), f.read_text(encoding="utf-8")) for p in paths for f in iter_files(p)]
-    validated = load_documents(texts)
-    docs = [cast(Doc, d) for source, text in texts for _, d in parse_text(text, source)]
-    if len(docs) != len(validated):  # load_documents raises on any invalid document
-        raise RuntimeError("parsed and validated documents differ")
-    return Loaded([loc for loc, _ in validated], docs, [r for _, r in validated])
+    texts, errors = read_texts(paths)
+    parsed: list[tuple[Location, object]] = []
+    empty: list[str] = []
+    for source, text in texts:
+        try:
+            documents = parse_text(text, source)
+        except DocumentErrors as exc:
+            errors += exc.errors
+            continue
+        if not documents:
+            empty.append(source)
+        parsed += documents
+    try:
+        validated = validate_documents(parsed)
+    except DocumentErrors as exc:
+        errors += exc.errors
+    if errors:
+        raise DocumentErrors(errors)
+    return Loaded([loc for loc, _ in validated], [cast(Doc, d) for _, d in parsed],
+                  [r for _, r in validated], empty)
 
 
 def _load(paths: Sequence[Path], *, exit_code: int) -> Loaded:
@@ -157,34 +182,27 @@ def _load(paths: Sequence[Path], *, exit_code: int) -> Loaded:
     except DocumentErrors as exc:
         _print_document_errors(exc.errors)
         raise typer.Exit(exit_code) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        render.print_errors(err, f"cannot read {_os_name(exc, paths)}: {_os_reason(exc)}")
-        raise typer.Exit(exit_code) from None
+    for source in loaded.empty:
+        render.print_warning(err, f"{source}: no resources in this file (empty, or only "
+                             "comments): nothing of it is checked or applied")
     return loaded
 
 
 def _print_document_errors(errors: Sequence[DocumentError]) -> None:
     n = len(errors)
+    # In file order, line by line: the order a person fixes them in.
+    ordered = sorted(errors, key=lambda e: (e.location.source, e.location.index or 0,
+                                            e.line or 0))
     render.print_errors(err, f"{n} error{'s' if n != 1 else ''} in the documents",
-                        [str(e) for e in errors])
+                        [e.readable() for e in ordered])
 
 
 def _require_resources(loaded: Loaded, paths: Sequence[Path], exit_code: int) -> None:
-    # An empty apply --prune would delete everything: refuse rather than guess.
+    # An empty apply --prune would delete everything: refuse rather than guess. validate
+    # refuses the same files, so a file it passes is one apply takes.
     if not loaded.docs:
         render.print_errors(err, f"no resources in {', '.join(map(str, paths))}")
         raise typer.Exit(exit_code)
-
-
-def _os_reason(exc: OSError | UnicodeDecodeError) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8 text"
-    return exc.strerror or str(exc)
-
-
-def _os_name(exc: OSError | UnicodeDecodeError, paths: Sequence[Path]) -> str:
-    name = getattr(exc, "filename", None)
-    return str(name) if name else ", ".join(map(str, paths))
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -199,9 +217,10 @@ def validate(
 ) -> None:
     """Check resource files offline. Exit 0 valid; 1 on any error."""
     loaded = _load(files, exit_code=1)
+    _require_resources(loaded, files, 1)
     resources = zip(loaded.locations, loaded.resources, strict=True)
     errors = [] if allow_plaintext_secrets else plaintext_secrets(
-        resources, ", or pass --allow-plaintext-secrets")
+        resources, ", or pass --allow-plaintext-secrets", loaded.docs)
     if errors:
         _print_document_errors(errors)
         raise typer.Exit(1)
@@ -258,7 +277,7 @@ def apply(
     loaded = _load(files, exit_code=1)
     _require_resources(loaded, files, 1)
     api = api_of(ctx)
-    with server_errors(exit_code=1):
+    with server_errors(exit_code=1, locations=loaded.by_source()):
         answer = api.apply(
             loaded.docs, sources=loaded.sources, dry_run=dry_run, prune=prune,
             expected_revision=expected_revision, message=message, canary=selector,
@@ -306,7 +325,7 @@ def diff(
     """
     loaded = _load(files, exit_code=2)
     _require_resources(loaded, files, 2)
-    with server_errors(exit_code=2):
+    with server_errors(exit_code=2, locations=loaded.by_source()):
         answer = api_of(ctx).diff(loaded.docs, prune=prune)
     changed = [c for c in answer.get("changes", []) if c.get("op") != "unchanged"]
     for change in changed:

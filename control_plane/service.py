@@ -100,7 +100,7 @@ class ControlPlane:
             raise Invalid(exc.errors) from None
         if not self.allow_plaintext_secrets:
             errors = plaintext_secrets(
-                valid, " (or start the control plane with --allow-plaintext-secrets)")
+                valid, " (or start the control plane with --allow-plaintext-secrets)", docs)
             if errors:
                 raise Invalid(errors)
         return [_Doc(key_of(r), dict(doc), r, loc)

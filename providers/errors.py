@@ -1,7 +1,7 @@
 """Errors of the config layer.
 
     ProviderError                 base of everything raised by `providers`
-    ├── DocumentError             one invalid resource document (file, index, field, reason)
+    ├── DocumentError             one invalid resource document (file, index, line, field, reason)
     │   └── DocumentErrors        several of them, from one load or one apply
     ├── ReferenceError_           a `{$...}` reference is malformed or cannot be resolved
     ├── SecretBackendError        Vault could not be reached or refused us
@@ -14,8 +14,8 @@ Every message names what is wrong; none of them ever carries a secret value.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 
 class ProviderError(Exception):
@@ -24,13 +24,48 @@ class ProviderError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where a document came from: a file and the index of the document in it, or a store key."""
+    """Where a document came from: a file and the index of the document in it, or a store key.
+
+    Text read from a file also knows the document's first line, the resource it declares
+    (`Webhook acme/github-push`) and the line of each field path; none of them takes part in
+    equality, so a location stays the same key whether or not its text was seen.
+    """
 
     source: str
     index: int | None = None
+    line: int | None = field(default=None, compare=False)
+    resource: str = field(default="", compare=False)
+    lines: Mapping[str, int] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
-        return self.source if self.index is None else f"{self.source}[{self.index}]"
+        if self.index is not None:
+            return f"{self.source}[{self.index}]"
+        return self.source if self.line is None else f"{self.source}:{self.line}"
+
+    def line_of(self, path: str) -> int | None:
+        """The line of field `path`, or of the nearest enclosing field the text shows."""
+        if self.lines:
+            path = path.split(" (", 1)[0]  # "headers.{$X} (a mapping key)": a remark
+            while path:
+                line = self.lines.get(path)
+                if line is not None:
+                    return line
+                path = _parent(path)
+        return self.line
+
+    def heading(self, path: str = "") -> str:
+        """`examples/acme.yaml:14 (document 2, Webhook acme/github-push)`: one-based."""
+        line = self.line_of(path)
+        where = self.source if line is None else f"{self.source}:{line}"
+        about = [f"document {self.index + 1}"] if self.index is not None else []
+        if self.resource:
+            about.append(self.resource)
+        return f"{where} ({', '.join(about)})" if about else where
+
+
+def _parent(path: str) -> str:
+    cut = max(path.rfind("."), path.rfind("["))
+    return path[:cut] if cut > 0 else ""
 
 
 class DocumentError(ProviderError):
@@ -44,12 +79,25 @@ class DocumentError(ProviderError):
         where = f"{self.location}"
         return f"{where}: {self.path}: {self.reason}" if self.path else f"{where}: {self.reason}"
 
+    @property
+    def line(self) -> int | None:
+        return self.location.line_of(self.path)
+
+    def readable(self) -> str:
+        """The message for people: file, line, document number, resource, field and reason."""
+        head = self.location.heading(self.path)
+        # A key that is not Unicode (a lone surrogate) is named, escaped: no terminal takes it.
+        path = self.path.strip().encode("utf-8", "backslashreplace").decode("utf-8")
+        return f"{head}: {path}: {self.reason}" if path else f"{head}: {self.reason}"
+
     def as_dict(self) -> dict[str, object]:
         return {
             "source": self.location.source,
             "document": self.location.index,
             "field": self.path,
             "reason": self.reason,
+            "line": self.line,
+            "resource": self.location.resource or None,
         }
 
 

@@ -63,13 +63,13 @@ def test_design_example_is_valid() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("kind: Webhook\n", "config.yaml[0]: apiVersion: Field required"),
+        ("kind: Webhook\n", "config.yaml[0]: apiVersion: required, but missing"),
         ("{}", "config.yaml[0]: kind: missing; expected one of Namespace, Connection, Webhook"),
         ("kind: Gadget\n", "config.yaml[0]: kind: unknown kind 'Gadget'"),
-        ("- a\n- b\n", "config.yaml[0]: expected a mapping, got str"),
-        ("a: [\n", "config.yaml: invalid YAML at line 2"),
+        ("- a\n- b\n", "config.yaml[0]: expected a mapping (`key: value` lines), got text"),
+        ("a: [\n", "config.yaml:2: invalid YAML"),
         ("apiVersion: whplane/v2\nkind: Namespace\nmetadata: {name: a}\n",
-         "config.yaml[0]: apiVersion: Input should be 'whplane/v1'"),
+         "config.yaml[0]: apiVersion: must be 'whplane/v1', not 'whplane/v2'"),
         ("apiVersion: whplane/v1\nkind: Namespace\nmetadata: {name: Acme}\n",
          "config.yaml[0]: metadata.name: invalid name: use lower-case letters"),
         ("apiVersion: whplane/v1\nkind: Namespace\nmetadata: {name: a-}\n",
@@ -79,10 +79,10 @@ def test_design_example_is_valid() -> None:
         ("apiVersion: whplane/v1\nkind: Namespace\nmetadata: {name: a, colour: red}\n",
          "config.yaml[0]: metadata.colour: unknown field"),
         ("apiVersion: whplane/v1\nkind: Namespace\nmetadata: {name: a, namespace: b}\n",
-         "config.yaml[0]: a Namespace is global: remove metadata.namespace"),
+         "config.yaml[0]: metadata.namespace: a Namespace is global: remove metadata.namespace"),
         ("apiVersion: whplane/v1\nkind: Namespace\nmetadata: {name: a}\nspec: {limits: "
          "{rate_per_second: -1}}\n",
-         "config.yaml[0]: spec.limits.rate_per_second: Input should be greater than 0"),
+         "config.yaml[0]: spec.limits.rate_per_second: must be greater than 0, not -1"),
     ],
 )
 def test_document_errors(text: str, expected: str) -> None:
@@ -95,7 +95,7 @@ def test_document_errors(text: str, expected: str) -> None:
     [
         ({"verify": {"scheme": "gh", "secret": "x"}},
          "spec.verify: unknown scheme 'gh'; expected one of 'github'"),
-        ({"verify": {"scheme": "github"}}, "spec.verify.secret: Field required"),
+        ({"verify": {"scheme": "github"}}, "spec.verify.secret: required, but missing"),
         ({"verify": {"scheme": "github", "secret": []}},
          "spec.verify.secret: at least one secret is required"),
         ({"verify": {"scheme": "github", "secret": ""}},
@@ -105,20 +105,20 @@ def test_document_errors(text: str, expected: str) -> None:
         ({"verify": {"scheme": "github", "secret": "x", "ip_allow": ["10.0.0.300/8"]}},
          "spec.verify.ip_allow[0]: not an IP network: '10.0.0.300/8'"),
         ({"verify": {"scheme": "stripe", "secret": "x", "tolerance_s": 0}},
-         "spec.verify.tolerance_s: Input should be greater than 0"),
-        ({"chain": {"steps": []}}, "spec.chain.steps: Tuple should have at least 1 item"),
-        ({"chain": {"steps": [{"module": "http"}]}}, "spec.chain.steps[0].connection: Field required"),
+         "spec.verify.tolerance_s: must be greater than 0, not 0"),
+        ({"chain": {"steps": []}}, "spec.chain.steps: needs at least 1 item, has 0"),
+        ({"chain": {"steps": [{"module": "http"}]}}, "spec.chain.steps[0].connection: required, but missing"),
         ({"chain": {"steps": [{"module": "ftp"}]}},
          "spec.chain.steps[0]: unknown module 'ftp'; expected one of 'log'"),
         ({"chain": {"steps": [{"module": "redis_stream", "connection": "r"}]}},
-         "spec.chain.steps[0].config: Field required"),
+         "spec.chain.steps[0].config: required, but missing"),
         ({"chain": {"mode": "random", "steps": [{"module": "log"}]}},
-         "spec.chain.mode: Input should be 'sequential' or 'parallel'"),
-        ({"delivery": {"mode": "later"}}, "spec.delivery.mode: Input should be 'sync' or 'async'"),
+         "spec.chain.mode: must be 'sequential' or 'parallel', not 'random'"),
+        ({"delivery": {"mode": "later"}}, "spec.delivery.mode: must be 'sync' or 'async', not 'later'"),
         ({"delivery": {"retry": {"initial_delay_s": 5, "max_delay_s": 1}}},
          "spec.delivery.retry: max_delay_s must be at least initial_delay_s"),
         ({"limits": {"max_body_bytes": "big"}},
-         "spec.limits.max_body_bytes: Input should be a valid integer"),
+         "spec.limits.max_body_bytes: must be a whole number, not 'big'"),
         ({"extra": True}, "spec.extra: unknown field"),
     ],
 )
@@ -131,7 +131,8 @@ def test_webhook_needs_namespace() -> None:
     doc = json.loads(hook())
     del doc["metadata"]["namespace"]
     errs = errors_of(json.dumps(doc), "x.json")
-    assert errs == ["x.json[0]: a Webhook lives in a namespace: set metadata.namespace"]
+    assert errs == ["x.json[0]: metadata.namespace: a Webhook lives in a namespace: set "
+                    "metadata.namespace"]
 
 
 def test_connection_types() -> None:
@@ -151,7 +152,8 @@ spec: {type: http, url: "https://x.example", headers: {Authorization: "Bearer {$
     assert secret_fields(redis) == {"spec.password": "{$vault:r#p}"}
     assert secret_fields(http) == {"spec.headers.Authorization": "Bearer {$T}"}
     errs = errors_of(text.replace("type: http, url: \"https", "type: http, url: \"ftp"))
-    assert errs == ["config.yaml[1]: spec.url: String should match pattern '^(https?://|\\{\\$|<\\$vault:)'"]
+    assert errs == ["config.yaml[1]: spec.url: does not have the expected form (pattern "
+                    "'^(https?://|\\\\{\\\\$|<\\\\$vault:)')"]
     errs = errors_of(text.replace("type: redis", "type: pigeon"))
     assert errs[0].startswith("config.yaml[0]: spec: unknown type 'pigeon'; expected one of")
 
@@ -160,8 +162,8 @@ def test_all_errors_reported_with_index_and_duplicates() -> None:
     text = hook() + "\n---\n" + hook(extra=1) + "\n---\n" + hook()
     errs = errors_of(text, "many.yaml")
     assert errs[0] == "many.yaml[1]: spec.extra: unknown field"
-    assert errs[1].startswith("many.yaml[2]: metadata.name: Webhook/acme/h already defined at "
-                              "many.yaml[0]")
+    assert errs[1] == ("many.yaml[2]: metadata.name: Webhook/acme/h already defined at "
+                       "many.yaml:1 (document 1, Webhook acme/h)")
 
 
 def test_json_list_and_resources_wrapper(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,8 +130,10 @@ def test_validate_reports_every_error_with_location_and_field(tmp_path: Path) ->
     f = write(tmp_path / "bad.yaml", bad, bad_scheme)
     result = run(None, "validate", "-f", str(f))
     assert result.exit_code == 1
-    assert f"{f}[0]: metadata.name: invalid name" in result.stderr
-    assert f"{f}[1]: spec.verify: unknown scheme 'nope'" in result.stderr
+    assert re.search(rf"{f}:\d+ \(document 1, Webhook acme/Bad_Name\): metadata.name: invalid "
+                     "name", result.stderr), result.stderr
+    assert re.search(rf"{f}:\d+ \(document 2, Webhook acme/github-push\): spec.verify: unknown "
+                     "scheme 'nope'", result.stderr), result.stderr
     assert result.stdout == ""
 
 
@@ -140,7 +143,9 @@ def test_validate_rejects_plaintext_secret_unless_allowed(tmp_path: Path) -> Non
     f = write(tmp_path / "plain.yaml", NAMESPACE, hook)
     result = run(None, "validate", "-f", str(f))
     assert result.exit_code == 1
-    assert f"{f}[1]: spec.verify.secret[0]: plaintext secret" in result.stderr
+    # Written as one string, named as written: `secret`, not the schema's `secret[0]`.
+    assert re.search(rf"{f}:\d+ \(document 2, Webhook acme/github-push\): spec.verify.secret: "
+                     "plaintext secret", result.stderr), result.stderr
     assert "hunter2-plain" not in result.output
     assert run(None, "validate", "-f", str(f), "--allow-plaintext-secrets").exit_code == 0
 
@@ -199,7 +204,8 @@ def test_apply_invalid_files_send_nothing(cp: FakeControlPlane, tmp_path: Path) 
     f = write(tmp_path / "bad.yaml", dict(WEBHOOK, spec={"verify": {"scheme": "github"}}))
     result = run(cp, "apply", "-f", str(f))
     assert result.exit_code == 1
-    assert f"{f}[0]: spec.chain" in result.stderr
+    assert re.search(rf"{f}:\d+ \(document 1, Webhook acme/github-push\): spec.chain",
+                     result.stderr), result.stderr
     assert cp.requests == []
 
 
@@ -214,7 +220,9 @@ def test_apply_422_prints_each_server_error(cp: FakeControlPlane, tmp_path: Path
     assert result.exit_code == 1
     lines = result.stderr.splitlines()
     assert lines[0] == "error: 2 errors in the documents"
-    assert lines[1].strip() == f"{f}[1]: spec.chain.steps[1].connection: unknown connection 'acme-api'"
+    assert re.fullmatch(rf"{f}:\d+ \(document 2, Webhook acme/github-push\): "
+                        r"spec.chain.steps\[1\].connection: unknown connection 'acme-api'",
+                        lines[1].strip()), lines[1]
     assert lines[2].strip() == "store: quota exceeded"
     assert result.stdout == ""
 
