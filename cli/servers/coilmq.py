@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,22 @@ from cli.servers.process import START_TIMEOUT, ServerProcess, find_binary
 # STOMP 1.1: coilmq accepts a 1.2 CONNECT only when its host header is the machine's FQDN.
 _CONNECT = b"CONNECT\naccept-version:1.1\nhost:/\n\n\x00"
 _DISCONNECT = b"DISCONNECT\n\n\x00"
+
+# coilmq 1.1 takes a heart-beat (a lone EOL between frames, which clients send as soon as the
+# broker asks for them) for the start of a frame and then never parses another: drop EOLs that
+# arrive between frames, then run coilmq's own entry point (``coilmq`` on PATH is the same).
+_RUN = """
+from coilmq.util.frames import FrameBuffer
+_append = FrameBuffer.append
+def append(self, data):
+    if self._pointer == self._buffer.getbuffer().nbytes:
+        data = data.lstrip(b"\\r\\n")
+    if data:
+        _append(self, data)
+FrameBuffer.append = append
+from coilmq.start import main
+main()
+"""
 
 
 class CoilmqServer(ServerProcess):
@@ -41,7 +58,9 @@ class CoilmqServer(ServerProcess):
         return f"stomp://{LOOPBACK}:{self.port}"
 
     def _argv(self) -> list[str]:
-        return [find_binary(self.binary), "-b", LOOPBACK, "-p", str(self.port), *self.extra_args]
+        find_binary(self.binary)  # a clear error naming the wheel when coilmq is missing
+        return [sys.executable, "-c", _RUN, "-b", LOOPBACK, "-p", str(self.port),
+                *self.extra_args]
 
     def _healthy(self) -> bool:
         try:

@@ -16,8 +16,10 @@ from typing import Any
 from data_plane.clients import Clients
 from data_plane.delivery import Delivery
 from data_plane.modules import (
+    clickhouse,
     file,
     http,
+    kafka,
     log,
     mqtt,
     mysql,
@@ -25,7 +27,13 @@ from data_plane.modules import (
     postgres,
     rabbitmq,
     redis_publish,
+    redis_rq,
     redis_stream,
+    s3,
+    sqs,
+    stomp,
+    websocket,
+    zeromq,
 )
 from providers.snapshot import Endpoint
 
@@ -43,6 +51,14 @@ MODULES: Mapping[str, Runner] = MappingProxyType(
         "mysql": mysql.run,
         "nats": nats.run,
         "mqtt": mqtt.run,
+        "kafka": kafka.run,
+        "clickhouse": clickhouse.run,
+        "s3": s3.run,
+        "sqs": sqs.run,
+        "stomp": stomp.run,
+        "zeromq": zeromq.run,
+        "websocket": websocket.run,
+        "redis_rq": redis_rq.run,
     }
 )
 
