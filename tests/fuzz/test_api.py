@@ -375,6 +375,9 @@ def test_raw_requests(cp: ControlPlaneHarness, route: tuple[str, str], raw: byte
 
 KNOWN: dict[str, list[dict[str, Any]]] = {
     # Shrunk examples the random search found once: kept, so CI checks them every run.
+    "a module tag that is a list": [
+        {"apiVersion": API, "kind": "Webhook", "metadata": {"name": "h", "namespace": "acme"},
+         "spec": {"verify": {"scheme": "none"}, "chain": {"steps": [{"module": ["log"]}]}}}],
     "an unknown field holding a list beside a module tag": [
         {"apiVersion": API, "kind": "Webhook", "metadata": {"name": "h", "namespace": "acme"},
          "spec": {"verify": {"scheme": "none"},

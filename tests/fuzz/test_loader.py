@@ -309,6 +309,9 @@ KNOWN = {
                                   "spec": _hook()["spec"] | {"delivery": {}}},
     "a lone surrogate key": {**_hook(namespace="acme", annotations={"\ud800": None}),
                              "spec": _hook()["spec"] | {"delivery": {}}},
+    "a module tag that is a list": {
+        **_hook(namespace="acme"),
+        "spec": {"verify": {"scheme": "none"}, "chain": {"steps": [{"module": ["log"]}]}}},
     "an unknown field holding a list beside a module tag": {
         **_hook(namespace="acme"),
         "spec": {"verify": {"scheme": "none"},
