@@ -41,13 +41,14 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             try:
+                # `in` alone would accept a set key (sets look themselves up as frozensets).
                 duplicate = key in seen
+                seen.add(key)
             except TypeError:
                 continue  # an unhashable key: the base class names that error
             if duplicate:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
         return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
 
