@@ -105,6 +105,9 @@ def plan(batch: ChangeBatch) -> Plan:
             prepared.append(prepare(key, raw, batch.revision))
         except Failed as exc:
             failed.append((key, raw, exc))
+        except Exception as exc:  # a bug must cost one document, never the whole config
+            log.exception("unexpected error preparing %s", key)
+            failed.append((key, raw, Failed(f"cannot be read ({type(exc).__name__})")))
     return Plan(tuple(prepared), tuple(failed))
 
 
@@ -199,7 +202,12 @@ def build_snapshot(
         _fail(key, raw, exc, entries, errors, indexes)
     memo: dict[str, str] = {}  # resolved references, for this build only
     for p in planned.prepared:
-        _build_one(p, entries, errors, batch.full, memo, resolve, indexes)
+        try:
+            _build_one(p, entries, errors, batch.full, memo, resolve, indexes)
+        except Exception as exc:  # as in `plan`: one document, never the whole config
+            log.exception("unexpected error building %s", p.key)
+            _fail(p.key, p.raw, Failed(f"cannot be built ({type(exc).__name__})"), entries,
+                  errors, indexes)
     for key in batch.deletes:
         indexes.retry.pop(key, None)
         if str(key) in errors:

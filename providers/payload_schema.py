@@ -49,6 +49,11 @@ def compile_pattern(pattern: str) -> Any:
         ) from None
 
 
+def _name(key: object) -> str:
+    """A key as it may appear in a message: a lone surrogate cannot even be encoded."""
+    return str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _walk(node: Any, path: str, depth: int) -> Iterator[tuple[str, Any, str | None]]:
     """(path, value, keyword that holds it) for every value of the schema, depth first."""
     if depth > MAX_DEPTH:
@@ -56,13 +61,13 @@ def _walk(node: Any, path: str, depth: int) -> Iterator[tuple[str, Any, str | No
     yield path, node, None
     if isinstance(node, Mapping):
         for key, value in node.items():
-            here = f"{path}.{key}" if path else str(key)
+            here = f"{path}.{_name(key)}" if path else _name(key)
             if key in _DATA:
                 continue
             if key in _NAMED_SCHEMAS and isinstance(value, Mapping):
                 yield here, value, key
                 for name, sub in value.items():
-                    yield from _walk(sub, f"{here}.{name}", depth + 2)
+                    yield from _walk(sub, f"{here}.{_name(name)}", depth + 2)
             else:
                 yield from _walk(value, here, depth + 1)
     elif isinstance(node, list):
