@@ -34,6 +34,9 @@ __all__ = [
 
 DEFAULT_SERVER = "http://127.0.0.1:8070"
 DEFAULT_TIMEOUT = 30.0
+CONTROL_PLANE_TITLE = "whplane control plane"  # the title of its OpenAPI document
+NO_TOKEN = ("no token was given: set WHCTL_TOKEN or pass --token-file (the admin token's file, "
+            "or a namespace token from `whctl tokens create`)")
 GLOBAL = "_global"  # the path segment of global connections and of Namespace resources
 
 Doc = dict[str, Any]
@@ -193,7 +196,7 @@ class ApiError(ClientError):
             message = f"HTTP {self.status}"
         else:
             message = str(detail)
-        hint = _HINTS.get(self.status)
+        hint = _HINTS.get(self.status) if detail != NO_TOKEN else None
         return f"{message} ({hint})" if hint else message
 
 
@@ -309,11 +312,32 @@ class ApiClient:
         except httpx.TransportError as exc:
             raise Unreachable(self.server, str(exc) or type(exc).__name__) from exc
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _detail(response))
+            detail = _detail(response)
+            if response.status_code == 401 and not self._token:
+                detail = NO_TOKEN
+            elif response.status_code == 404 and detail == "Not Found":
+                detail = self._not_a_control_plane() or detail
+            raise ApiError(response.status_code, detail)
         try:
             return response.json()
         except ValueError:
             raise ApiError(response.status_code, "the answer is not JSON") from None
+
+    def _not_a_control_plane(self) -> str | None:
+        """Why an API route answered the framework's bare 404, when --server is not a control
+        plane: a gateway (the usual slip: its port is the one in the curl line), or else."""
+        try:
+            about = self._http.get("/openapi.json", timeout=self.timeout).json()
+            title = str(about.get("info", {}).get("title", ""))
+        except (httpx.HTTPError, ValueError, AttributeError):
+            title = ""
+        if title == CONTROL_PLANE_TITLE:
+            return None  # a control plane after all: its own 404 stands
+        if "gateway" in title:
+            return (f"{self.server} is a whplane gateway, not a control plane: point --server "
+                    "(or WHCTL_SERVER) at the control plane (whplane up prints its URL)")
+        return (f"{self.server} does not serve the control-plane API (/v1): is it a whplane "
+                "control plane? (set the URL with --server or WHCTL_SERVER)")
 
     # --- endpoints -----------------------------------------------------------------------------
 

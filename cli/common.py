@@ -26,8 +26,11 @@ class TableOrJson(StrEnum):
     json = "json"
 
 
-Message = Annotated[str, typer.Option("-m", "--message", help="why; kept in the history")]
-NamespaceOpt = Annotated[str | None, typer.Option("-n", "--namespace", help="namespace")]
+Message = Annotated[str, typer.Option("-m", "--message", metavar="MESSAGE",
+                                               help="why; kept in the history")]
+Output = Annotated[TableOrJson, typer.Option("-o", "--output", metavar="table|json")]
+NamespaceOpt = Annotated[str | None, typer.Option("-n", "--namespace", metavar="NS",
+                                                             help="namespace")]
 
 
 def api_of(ctx: typer.Context) -> ApiClient:

@@ -83,6 +83,11 @@ def to_yaml(docs: Sequence[Doc], *, sort_keys: bool = False) -> str:
     )
 
 
+def yaml_value(value: object) -> str:
+    """Any JSON-like value as one YAML document (a list stays a list)."""
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
 def to_json(value: object) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 

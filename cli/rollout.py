@@ -15,6 +15,7 @@ from cli.client import ApiClient, CanaryStatus, RolloutStatus
 from cli.common import (
     Message,
     NamespaceOpt,
+    Output,
     TableOrJson,
     api_of,
     err,
@@ -24,7 +25,7 @@ from cli.common import (
 )
 
 app = typer.Typer(help="Follow, list and undo config rollouts; promote or abort a canary.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode=None)  # plain help, as whctl's
 POLL_INTERVAL_S = 0.5
 
 
@@ -32,10 +33,11 @@ POLL_INTERVAL_S = 0.5
 def rollout_status(
     ctx: typer.Context,
     revision: Annotated[
-        int | None, typer.Option(help="revision to wait for; default: the latest")
+        int | None, typer.Option(metavar="N", help="revision to wait for; default: the latest")
     ] = None,
     timeout: Annotated[
-        str, typer.Option(help="how long to wait: 30s, 2m, 500ms, 1m30s or seconds")
+        str, typer.Option(metavar="DURATION",
+                          help="how long to wait: 30s, 2m, 500ms, 1m30s or seconds")
     ] = "30s",
 ) -> None:
     """Wait until every live gateway serves the revision whole; progress goes to stderr.
@@ -201,7 +203,8 @@ def parse_duration(text: str) -> float:
 def rollout_history(
     ctx: typer.Context,
     namespace: NamespaceOpt = None,
-    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
+    limit: Annotated[int, typer.Option(min=1, metavar="N",
+                                       help="at most this many, newest first")] = 50,
 ) -> None:
     """List past revisions with their changes. Exit 0; 1 refused; 2 unreachable."""
     with server_errors():
@@ -215,9 +218,10 @@ def rollout_history(
 @app.command("undo")
 def rollout_undo(
     ctx: typer.Context,
-    namespace: Annotated[str, typer.Option("-n", "--namespace", help="namespace to roll back")],
+    namespace: Annotated[str, typer.Option("-n", "--namespace", metavar="NS",
+                                                      help="namespace to roll back")],
     to_revision: Annotated[
-        int | None, typer.Option(help="restore the namespace as of this revision; "
+        int | None, typer.Option(metavar="N", help="restore the namespace as of this revision; "
                                  "default: undo its latest change")
     ] = None,
     message: Message = "",
@@ -232,7 +236,7 @@ def rollout_undo(
 def rollout_promote(
     ctx: typer.Context,
     message: Message = "",
-    output: Annotated[TableOrJson, typer.Option("-o", "--output")] = TableOrJson.table,
+    output: Output = TableOrJson.table,
 ) -> None:
     """End the running canary: every gateway serves its revision (a new revision, no resource
     changes; admin token only). Exit 0; 1 no canary runs, or refused; 2 unreachable."""
@@ -248,7 +252,7 @@ def rollout_promote(
 def rollout_abort(
     ctx: typer.Context,
     message: Message = "",
-    output: Annotated[TableOrJson, typer.Option("-o", "--output")] = TableOrJson.table,
+    output: Output = TableOrJson.table,
 ) -> None:
     """End the running canary by reverting its changes: canary gateways return to the promoted
     revision, the others never served it (admin token only).

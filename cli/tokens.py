@@ -11,18 +11,21 @@ from rich.text import Text
 
 from cli import render
 from cli.client import TokenInfo
-from cli.common import TableOrJson, api_of, err, out, server_errors
+from cli.common import Output, TableOrJson, api_of, err, out, server_errors
 from cli.rollout import parse_duration
 
-app = typer.Typer(help="Namespace tokens (needs the admin token).", no_args_is_help=True)
+app = typer.Typer(help="Namespace tokens (needs the admin token).", no_args_is_help=True,
+                  rich_markup_mode=None)  # plain help, as whctl's
 
 
 @app.command("create")
 def tokens_create(
     ctx: typer.Context,
-    namespace: Annotated[str, typer.Option("--namespace", "-n", help="namespace it may use")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", metavar="NS",
+                                                      help="namespace it may use")],
     expires: Annotated[
-        str | None, typer.Option(help="stops working after this long: 30d, 12h, 90m; "
+        str | None, typer.Option(metavar="DURATION",
+                                 help="stops working after this long: 30d, 12h, 90m; "
                                  "default: never")
     ] = None,
 ) -> None:
@@ -46,7 +49,7 @@ def tokens_create(
 @app.command("list")
 def tokens_list(
     ctx: typer.Context,
-    output: Annotated[TableOrJson, typer.Option("-o", "--output")] = TableOrJson.table,
+    output: Output = TableOrJson.table,
 ) -> None:
     """List namespace tokens: id, namespace, created, expires, last used (never the token).
 

@@ -32,6 +32,7 @@ from providers.loader import load_paths
 
 COLOURS = ("cyan", "magenta", "green", "yellow", "blue")
 CURL_BODY = '{"ref": "refs/heads/main", "zen": "Keep it logically awesome."}'
+STRIPE_BODY = '{"id": "evt_local_1", "type": "invoice.paid"}'
 # Secrets the examples reference; with --vault they are written to OpenBao, otherwise the
 # references' own defaults stand in (see examples/).
 EXAMPLE_SECRETS = {
@@ -54,6 +55,8 @@ class Stack:
     use_redis: bool = False
     cp_port: int = 8070
     gateway_port: int = 8080
+    temporary: bool = True  # the data directory goes on exit (no --data-dir)
+    vault_env: dict[str, str] = field(default_factory=dict)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,6 +77,8 @@ class Stack:
                     client.secrets.kv.v2.create_or_update_secret(
                         path=path, secret=data, mount_point="secret")
                 env.update({"VAULT_ADDR": vault.addr, "VAULT_TOKEN": vault.token})
+                self.vault_env = {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": vault.token,
+                                  "BAO_ADDR": vault.addr, "BAO_TOKEN": vault.token}
                 self.say(f"OpenBao {vault.addr} (dev mode), example secrets written")
             if self.use_redis:
                 redis = stack.enter_context(RedisServer(extra_args=("--appendonly", "yes")))
@@ -181,36 +186,76 @@ class Stack:
         return int(answer["revision"])
 
     def banner(self, cp_url: str, gw_urls: list[str], token_file: Path) -> None:
-        secret = EXAMPLE_SECRETS["acme/github"]["webhook_secret"]
-        signature = "sha256=" + hmac.new(secret.encode(), CURL_BODY.encode(),
-                                         hashlib.sha256).hexdigest()
-        curl = (f"curl -sS -X POST {gw_urls[0]}/webhook/acme/github-push "
-                f"-H 'Content-Type: application/json' "
-                f"-H 'X-Hub-Signature-256: {signature}' --data {shlex.quote(CURL_BODY)}")
-        whctl = (f"whctl --server {cp_url} --token-file {shlex.quote(str(token_file))} "
-                 "get webhooks -A")
+        """What to try, as commands that run as pasted into another shell: no PATH, no venv
+        activated, nothing to fill in."""
+        token = shlex.quote(str(token_file))
+        whctl = f"{shlex.quote(str(_venv_bin('whctl')))} --server {cp_url} --token-file {token}"
+        env = (f"export PATH={shlex.quote(str(_venv_bin('whctl').parent))}:\"$PATH\" "
+               f"WHCTL_SERVER={cp_url} WHCTL_TOKEN=\"$(cat {token})\"")
+        out = self.data_dir / "out"
         c = self.console
 
-        def line(text: str | Text) -> None:
-            c.print(text, soft_wrap=True)  # never wrap: these lines get copied and pasted
+        def line(text: str) -> None:
+            # Never wrapped, never read as markup: these lines get copied and pasted.
+            c.print(Text(text), soft_wrap=True)
 
         c.rule("[bold]whplane is up")
         line(f"control plane  {cp_url}   (API docs {cp_url}/docs)")
         for i, url in enumerate(gw_urls, 1):
             line(f"gateway {i}      {url}   ({url}/status, {url}/metrics)")
-        line(f"data           {self.data_dir}")
-        line("\nList the webhooks:")
-        line(Text(f"  {whctl}"))
-        line("Send a signed GitHub webhook:")
-        line(Text(f"  {curl}"))
-        if not self.use_redis:
+        line(f"data           {self.data_dir}   " + (
+            "(a temporary directory: removed on Ctrl-C; keep it with --data-dir DIR)"
+            if self.temporary else "(kept on exit)"))
+        line(f"delivered      {out}/: the examples' `file` steps append one line per webhook "
+             "(acme-github.jsonl, globex-github.jsonl)")
+        line("")
+        line("List the webhooks (in any shell):")
+        line(f"  {whctl} get webhooks -A")
+        line("Or, for every command of the tour, once per shell:")
+        line(f"  {env}")
+        line("Send a signed GitHub webhook (sync: answers once delivered):")
+        line(f"  {github_curl(gw_urls[0])}")
+        if self.use_redis:
+            line("Send a signed Stripe event (async: answers 202 once queued in Redis):")
+            line(f"  {stripe_curl(gw_urls[0])}")
+        else:
             line("(acme/stripe-events delivers asynchronously: start with --redis to try it)")
+        if self.vault_env:
+            line("Use OpenBao (the bao and vault CLIs read these):")
+            line("  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.vault_env.items()))
         line("Ctrl-C stops everything.")
         c.rule()
 
     def say(self, message: str) -> None:
         with self._lock:
             self.console.print(f"[bold]whplane up[/] {message}", soft_wrap=True)
+
+
+def _venv_bin(name: str) -> Path:
+    """A command installed next to this Python: the venv's, which a new shell has no PATH to."""
+    return Path(sys.executable).absolute().parent / name
+
+
+def github_curl(gateway: str) -> str:
+    secret = EXAMPLE_SECRETS["acme/github"]["webhook_secret"]
+    signature = "sha256=" + hmac.new(secret.encode(), CURL_BODY.encode(),
+                                     hashlib.sha256).hexdigest()
+    return (f"curl -sS -X POST {gateway}/webhook/acme/github-push "
+            f"-H 'Content-Type: application/json' "
+            f"-H 'X-Hub-Signature-256: {signature}' --data {shlex.quote(CURL_BODY)}")
+
+
+def stripe_curl(gateway: str) -> str:
+    """Signed when run, not when printed: Stripe signatures hold a time and expire after 300 s."""
+    secret = EXAMPLE_SECRETS["acme/stripe"]["signing_secret"]
+    sign = ("import hashlib,hmac,sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), "
+            "hashlib.sha256).hexdigest())")
+    python = shlex.quote(str(Path(sys.executable).absolute()))
+    return (f"body={shlex.quote(STRIPE_BODY)}; t=$(date +%s); "
+            f"sig=$({python} -c {shlex.quote(sign)} {shlex.quote(secret)} \"$t.$body\"); "
+            f"curl -sS -X POST {gateway}/webhook/acme/stripe-events "
+            "-H 'Content-Type: application/json' -H \"Stripe-Signature: t=$t,v1=$sig\" "
+            "--data \"$body\"")
 
 
 def _documents(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -240,7 +285,8 @@ def run(console: Console, examples: Path, data: Path | None, gateways: int, etcd
         vault: bool, redis: bool, port: int) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     with data_dir(data) as d:
-        stack = Stack(console, d, examples, gateways, etcd, vault, redis, port, port + 10)
+        stack = Stack(console, d, examples, gateways, etcd, vault, redis, port, port + 10,
+                      temporary=data is None)
         try:
             for p in (stack.cp_port, *(stack.gateway_port + i for i in range(gateways))):
                 _check_port(p)

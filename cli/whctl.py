@@ -34,6 +34,7 @@ from cli.client import (
 from cli.common import (
     Message,
     NamespaceOpt,
+    Output,
     TableOrJson,
     api_of,
     err,
@@ -48,22 +49,26 @@ from providers.loader import parse_text, plaintext_secrets, read_texts, validate
 from providers.resources import AnyResource
 from providers.rollout import parse_selector
 
-app = typer.Typer(no_args_is_help=True)
+# Plain click help: rich's panels cut option names at 80 columns and print types as
+# `<list[Path]>`; click's lines keep every name whole and say PATH, INTEGER, [table|json].
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(tokens.app, name="tokens")
 
 
 
-class Kinds(StrEnum):
+class Kind(StrEnum):
+    """A kind as `get` and `delete` take it: singular or plural, as kubectl does."""
+
+    webhook = "webhook"
     webhooks = "webhooks"
+    connection = "connection"
     connections = "connections"
+    namespace = "namespace"
     namespaces = "namespaces"
 
 
-class Kind(StrEnum):
-    webhook = "webhook"
-    connection = "connection"
-    namespace = "namespace"
+KIND_METAVAR = "webhook(s)|connection(s)|namespace(s)"
 
 
 class Format(StrEnum):
@@ -72,25 +77,31 @@ class Format(StrEnum):
     json = "json"
 
 
+FormatOpt = Annotated[Format, typer.Option("-o", "--output", metavar="table|yaml|json")]
+
+
 API_KIND = {"webhook": "Webhook", "connection": "Connection", "namespace": "Namespace",
             "webhooks": "Webhook", "connections": "Connection", "namespaces": "Namespace"}
 
 Files = Annotated[
     list[Path],
-    typer.Option("-f", "--file", help="YAML/JSON file or directory of them; repeat for more"),
+    typer.Option("-f", "--file", metavar="FILE_OR_DIR",
+                 help="YAML/JSON file or directory of them; repeat for more"),
 ]
 @app.callback()
 def _root(
     ctx: typer.Context,
     server: Annotated[
-        str, typer.Option(envvar="WHCTL_SERVER", help="control-plane URL")
+        str, typer.Option(envvar="WHCTL_SERVER", metavar="URL", help="control-plane URL")
     ] = DEFAULT_SERVER,
     token_file: Annotated[
         Path | None,
-        typer.Option(help="file holding the bearer token; without it, WHCTL_TOKEN is used"),
+        typer.Option(metavar="PATH",
+                     help="file holding the bearer token; without it, WHCTL_TOKEN is used"),
     ] = None,
     request_timeout: Annotated[
-        float, typer.Option(min=0.001, help="seconds to wait for each HTTP answer")
+        float, typer.Option(min=0.001, metavar="SECONDS",
+                            help="seconds to wait for each HTTP answer")
     ] = DEFAULT_TIMEOUT,
 ) -> None:
     """Manage whplane webhook config through the control plane; `validate` works offline.
@@ -240,9 +251,10 @@ def apply(
     ] = False,
     message: Message = "",
     expected_revision: Annotated[
-        int | None, typer.Option(help="refuse (409) unless the config is at this revision")
+        int | None, typer.Option(metavar="N",
+                                 help="refuse (409) unless the config is at this revision")
     ] = None,
-    output: Annotated[TableOrJson, typer.Option("-o", "--output")] = TableOrJson.table,
+    output: Output = TableOrJson.table,
     wait: Annotated[
         str | None, typer.Option(
             metavar="[=DURATION]",
@@ -261,8 +273,9 @@ def apply(
     ] = None,
     max_error_rate: Annotated[
         float | None, typer.Option(
-            min=0.0, max=1.0, help="with --canary: abort by itself when the canary gateways' "
-            "error rate (5xx and verification failures) goes over this fraction, e.g. 0.05")
+            min=0.0, max=1.0, metavar="FRACTION",
+            help="with --canary: abort by itself when the canary gateways' error rate (5xx "
+            "and verification failures) goes over this fraction, e.g. 0.05")
     ] = None,
 ) -> None:
     """Create, update (and with --prune delete) resources in one revision.
@@ -340,14 +353,14 @@ def diff(
 @app.command()
 def get(
     ctx: typer.Context,
-    kinds: Annotated[Kinds, typer.Argument(metavar="webhooks|connections|namespaces")],
+    kinds: Annotated[Kind, typer.Argument(metavar=KIND_METAVAR)],
     name: Annotated[str | None, typer.Argument(metavar="NAME", help="only this one")] = None,
     namespace: NamespaceOpt = None,
     all_namespaces: Annotated[
         bool, typer.Option("-A", "--all-namespaces", help="every namespace the token may read "
                            "(the default without -n)")
     ] = False,
-    output: Annotated[Format, typer.Option("-o", "--output")] = Format.table,
+    output: FormatOpt = Format.table,
 ) -> None:
     """List resources; -o yaml prints documents that apply -f takes back unchanged.
 
@@ -379,13 +392,13 @@ def get(
     elif docs:
         render.print_table(out, render.resources_table(kind, docs))
     else:
-        err.print(f"no {kinds.value} found", markup=False, highlight=False)
+        err.print(f"no {kind.lower()}s found", markup=False, highlight=False)
 
 
 @app.command()
 def delete(
     ctx: typer.Context,
-    kind: Annotated[Kind, typer.Argument(metavar="webhook|connection|namespace")],
+    kind: Annotated[Kind, typer.Argument(metavar=KIND_METAVAR)],
     name: Annotated[str, typer.Argument(metavar="NAME", help="name of the resource")],
     namespace: Annotated[
         str | None,
@@ -407,17 +420,19 @@ def delete(
 @app.command()
 def gateways(
     ctx: typer.Context,
-    output: Annotated[TableOrJson, typer.Option("-o", "--output")] = TableOrJson.table,
+    output: FormatOpt = Format.table,
 ) -> None:
     """List the gateways: revision served, health, refused resources, labels; -o json prints a
-    JSON list.
+    JSON list, -o yaml the same as YAML.
 
     Exit 0 listed; 1 refused; 2 control plane unreachable.
     """
     with server_errors():
         items = api_of(ctx).gateways()
-    if output is TableOrJson.json:
+    if output is Format.json:
         render.plain(out, render.to_json(items))
+    elif output is Format.yaml:
+        render.plain(out, render.yaml_value(items))
     elif items:
         render.print_table(out, render.gateways_table(items))
     else:
