@@ -431,3 +431,11 @@ def test_dockerfile_environment_is_read_by_the_code() -> None:
     envs = " ".join(line for line in dockerfile_instructions() if line.startswith("ENV "))
     names = set(re.findall(r"\b((?:WH|VAULT)_[A-Z0-9_]+)=", envs))
     assert names <= allowed_env(), names - allowed_env()
+
+
+def test_the_modules_profile_runs_the_destination_systems() -> None:
+    modules = {name for name, svc in services().items() if "modules" in svc.get("profiles", [])}
+    assert modules == {"rabbitmq", "postgres", "mosquitto", "nats", "minio", "localstack"}
+    for name in modules:
+        svc = services()[name]
+        assert "ports" not in svc, f"{name}: published outside the compose network"
