@@ -372,7 +372,9 @@ def _spec(doc: Doc) -> Mapping[str, Any]:
 
 
 def _name(doc: Doc) -> str:
-    return str(_mapping(doc.get("metadata")).get("name", "?"))
+    name = str(_mapping(doc.get("metadata")).get("name", "?"))
+    # A stored value gateways cannot read: -o yaml says why.
+    return f"{name} (invalid)" if "invalid" in doc else name
 
 
 def _namespace(doc: Doc) -> str:

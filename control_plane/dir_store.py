@@ -43,7 +43,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from control_plane.store import Conflict, Draft, HistoryRecord, Stored, StoreFailed
+from control_plane.store import Conflict, Draft, HistoryRecord, Stored, StoreFailed, stored_doc
 from providers.file import DATA_LINK, REVISION_FILE
 from providers.resources import GLOBAL, KINDS, ResourceKey
 from providers.rollout import CANARY_FILE, Canary
@@ -88,7 +88,7 @@ class DirStore:
             if kind not in KINDS:
                 continue
             key = ResourceKey(kind, None if ns == GLOBAL else ns, name)
-            doc = json.loads(path.read_text())
+            doc = stored_doc(key, path.read_bytes())
             out[key] = Stored(key, doc, int(doc.get("metadata", {}).get("revision", revision)))
         return revision, out
 

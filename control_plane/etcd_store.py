@@ -33,7 +33,15 @@ import grpc
 from aetcd import rpc
 
 from control_plane.etcd_commit import TXN_BYTES, TXN_OPS, LargeCommits
-from control_plane.store import Conflict, Draft, HistoryRecord, Stored, StoreFailed, StoreRefused
+from control_plane.store import (
+    Conflict,
+    Draft,
+    HistoryRecord,
+    Stored,
+    StoreFailed,
+    StoreRefused,
+    stored_doc,
+)
 from providers.etcd import with_revision
 from providers.etcd_conn import (
     EtcdConnection,
@@ -156,9 +164,9 @@ class EtcdStore:
         for raw_key, (value, revision) in overlay(kvs, pending, marker).items():
             try:
                 key = parse_resource_key(self._prefix, raw_key.decode())
-                out[key] = Stored(key, json.loads(value), revision)
             except ValueError:
-                continue  # not ours to manage (a stray key, invalid JSON): gateways say so
+                continue  # not ours to manage (a stray key)
+            out[key] = Stored(key, stored_doc(key, value), revision)
         return (meta.kvs[0].mod_revision if meta.kvs else 0), out
 
     async def commit(self, draft: Draft, base_revision: int) -> int:

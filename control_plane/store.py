@@ -9,6 +9,7 @@ was read), `StoreRefused` (the store would not take the write, with the fix) and
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from providers.resources import GLOBAL, ResourceKey
 from providers.rollout import Canary
 
 __all__ = ["Change", "Conflict", "Doc", "Draft", "HistoryRecord", "Store", "StoreError",
-           "StoreFailed", "StoreRefused", "Stored", "scope"]
+           "StoreFailed", "StoreRefused", "Stored", "scope", "stored_doc"]
 
 Op = Literal["create", "update", "delete", "unchanged"]
 Doc = dict[str, Any]
@@ -158,3 +159,23 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def stored_doc(key: ResourceKey, value: bytes | str) -> Doc:
+    """The stored document; a value that is not a JSON object (an etcdctl put, say) shown as
+    what it is, never hidden: gateways skip it and keep the previous version, and an apply
+    of the resource reads as the update it is."""
+    try:
+        doc = json.loads(value)
+    except ValueError as exc:
+        return invalid_doc(key, f"the stored value is not valid JSON ({exc})")
+    if not isinstance(doc, dict):
+        return invalid_doc(key, "the stored value is JSON but not an object")
+    return doc
+
+
+def invalid_doc(key: ResourceKey, reason: str) -> Doc:
+    metadata = {"name": key.name} | ({"namespace": key.namespace} if key.namespace else {})
+    return {"apiVersion": "whplane/v1", "kind": key.kind, "metadata": metadata,
+            "invalid": f"{reason}: gateways skip it and serve the previous version; apply the "
+                       "resource again or delete it"}
