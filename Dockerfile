@@ -18,8 +18,9 @@ COPY providers/ providers/
 COPY data_plane/ data_plane/
 COPY control_plane/ control_plane/
 COPY cli/ cli/
-# No extras: [servers], [test] and [dev] are for `make test` and `whplane up`, not for servers.
-RUN /opt/whplane/bin/pip install .
+# The delivery modules' client libraries ([modules]); not [servers], [test] or [dev], which are
+# for `make test` and `whplane up`.
+RUN /opt/whplane/bin/pip install ".[modules]"
 
 # --- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
