@@ -1,4 +1,5 @@
-"""`whplane`: the command that starts servers (gateway, worker, control-plane, up)."""
+"""`whplane`: the command that starts servers (gateway, worker, control-plane, up), and the
+relay connector (`connect`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from cli.connect import connect
+
 app = typer.Typer(help="Start whplane servers.", no_args_is_help=True)
+app.command("connect")(connect)
 err = Console(stderr=True)
 CONFIG_HELP = "file:PATH | etcd://HOST:PORT[,...]/PREFIX | vault://MOUNT/PATH [env WH_CONFIG]"
 
@@ -109,6 +113,7 @@ def worker(
     """Deliver queued (async) webhooks without serving HTTP."""
     from data_plane.gateway import Gateway
     from data_plane.logs import configure
+    from data_plane.relay.wiring import relay_store
     from data_plane.settings import GatewaySettings
 
     try:
@@ -124,6 +129,7 @@ def worker(
 
     async def run() -> None:
         gw = Gateway(settings, dict(os.environ))
+        relay_store(gw)  # async chains with a relay step append to its channels
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # finish in-flight work, like the gateway

@@ -1,6 +1,8 @@
-"""The gateway's ASGI app: the webhook route as plain ASGI (the hot path), everything else
-(`/healthz`, `/readyz`, `/status`, `/metrics`) through FastAPI, with one lifespan that starts
-and stops the `Gateway`; and how uvicorn must serve it (`server_options`)."""
+"""The gateway's ASGI app: the webhook route as plain ASGI (the hot path), the relay's
+connector routes (`/connect/...`, HTTP and WebSocket, data_plane/relay/routes.py) as plain ASGI
+too, everything else (`/healthz`, `/readyz`, `/status`, `/metrics`) through FastAPI, with one
+lifespan that starts and stops the `Gateway` and the relay hub; and how uvicorn must serve it
+(`server_options`)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from data_plane.edge import EdgeGuard, EdgeLimits
 from data_plane.gateway import Gateway
 from data_plane.ingest import Ingest
 from data_plane.metrics import CONTENT_TYPE
+from data_plane.relay.hub import RelayHub
+from data_plane.relay.routes import CONNECT_PREFIX, RelayRoutes
+from data_plane.relay.wiring import relay_hub
 from data_plane.settings import GatewaySettings
 
 WEBHOOK_PREFIX = "/webhook/"
@@ -33,19 +38,26 @@ class GatewayApp:
         # Read by data_plane.edge.EdgeProtocol, the connection layer uvicorn runs this app on.
         self.edge = EdgeGuard(edge_limits(settings), lambda: gateway.holder.current.revision)
         _edge_metrics(gateway, self.edge)
-        self.api = _api(gateway, self.edge)
+        self.relay = relay_hub(gateway)
+        self.connect = RelayRoutes(self.relay, lambda: gateway.holder.ready, self.edge.draining)
+        self.api = _api(gateway, self.edge, self.relay)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(WEBHOOK_PREFIX):
+        kind = scope["type"]
+        if kind == "http" and scope["path"].startswith(WEBHOOK_PREFIX):
             await self.ingest(scope, receive, send)
+        elif kind in ("http", "websocket") and scope["path"].startswith(CONNECT_PREFIX):
+            await self.connect(scope, receive, send)
         else:
             await self.api(scope, receive, send)
 
 
-def _api(gw: Gateway, edge: EdgeGuard) -> FastAPI:
+def _api(gw: Gateway, edge: EdgeGuard, relay: RelayHub | None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
+        if relay is not None:
+            relay.start()
         # Everything loaded so far (framework, schemas, config) lives as long as the process:
         # keep the cyclic GC from rescanning it during every full collection under load.
         gc.collect()
@@ -53,6 +65,8 @@ def _api(gw: Gateway, edge: EdgeGuard) -> FastAPI:
         try:
             yield
         finally:
+            if relay is not None:  # before the gateway closes the Redis it releases into
+                await relay.aclose()
             await gw.stop()
 
     api = FastAPI(title="whplane gateway", lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -134,3 +134,42 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMetrics:
+    """Counters of the relay (data_plane/relay), by namespace (a label bounded by the config).
+
+    The gauges (sessions by transport, buffer depth by channel) are probes the relay hub
+    registers, read at scrape time.
+    """
+
+    appended: Counter
+    refused_full: Counter
+    acked: Counter
+    failed: Counter
+    dead_lettered: Counter
+    redelivered: Counter
+    unauthorized: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> RelayMetrics:
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, ["namespace"], registry=registry)
+
+        return cls(
+            appended=counter("whplane_relay_appended",
+                             "Webhooks appended to a relay channel's buffer"),
+            refused_full=counter("whplane_relay_refused_full",
+                                 "Webhooks refused because the channel's buffer was full (503)"),
+            acked=counter("whplane_relay_acked",
+                          "Relayed messages acknowledged by a connector (local 2xx)"),
+            failed=counter("whplane_relay_failed",
+                           "Local delivery failures reported by connectors"),
+            dead_lettered=counter("whplane_relay_dead_lettered",
+                                  "Relayed messages moved to their channel's dead letters"),
+            redelivered=counter("whplane_relay_redelivered",
+                                "Relayed messages sent again after a local failure"),
+            unauthorized=counter("whplane_relay_unauthorized",
+                                 "Connect requests refused for a wrong or missing token (401)"),
+        )

@@ -5,10 +5,14 @@
     whplane:{q}:deliveries:dead         stream: dead letters (MAXLEN ~ bounded)
     whplane:rl:<key>                    hash: one shared token bucket (expires when full)
     whplane:idem:<sha256>               string: one idempotency key (expires with its window)
+    whplane:{relay:NS:CH}:messages      stream: a relay channel's messages not yet acknowledged
+    whplane:{relay:NS:CH}:messages:dead stream: its dead letters (MAXLEN ~ bounded)
+    whplane:{relay:NS:CH}:attempts      hash: entry id -> local delivery failures so far
 
 The queue keys share the `{q}` hash tag so the Lua scripts that move an item between them
 touch one Redis Cluster slot; a custom stream name should carry its own `{tag}` for the same
-reason.
+reason. A relay channel's keys share the `{relay:NS:CH}` tag for the same reason (namespace
+and channel names hold no ':', so tags never collide).
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ STREAM = "whplane:{q}:deliveries"
 GROUP = "whplane-workers"
 RATE_LIMIT_PREFIX = "whplane:rl:"
 IDEMPOTENCY_PREFIX = "whplane:idem:"
+RELAY_GROUP = "whplane-connectors"
+# The consumer holding a relay channel's released and retry-delayed messages until one of the
+# channel's sessions claims them (it never reads, so it never takes anything itself).
+RELAY_PARKED = "whplane-parked"
 
 
 def scheduled_key(stream: str) -> str:
@@ -37,3 +45,11 @@ def idempotency_key(namespace: str, webhook: str, delivery_key: str) -> str:
     # Hashed: the sender chooses delivery_key, so its length and bytes are not ours to trust.
     raw = "\0".join((namespace, webhook, delivery_key)).encode()
     return f"{IDEMPOTENCY_PREFIX}{hashlib.sha256(raw).hexdigest()}"
+
+
+def relay_stream(namespace: str, channel: str) -> str:
+    return f"whplane:{{relay:{namespace}:{channel}}}:messages"
+
+
+def relay_attempts(namespace: str, channel: str) -> str:
+    return f"whplane:{{relay:{namespace}:{channel}}}:attempts"

@@ -113,12 +113,37 @@ class FileStep:
     config: FileConfig
 
 
+@model
+class RelayConfig:
+    channel: Name = Field(description="what connectors pull from: /connect/NS/CHANNEL/...")
+    token: Referable = Field(
+        min_length=1, description="the bearer token of the channel's connectors: a reference")
+    max_messages: int = Field(default=10_000, gt=0, le=1_000_000,
+                              description="messages buffered, not yet acknowledged; then 503")
+    max_attempts: int = Field(default=5, ge=1, le=100,
+                              description="local delivery failures before the dead-letter list")
+    visibility_timeout_s: Seconds = Field(
+        default=30, description="an unacknowledged message goes to another connection after it")
+    max_in_flight: int = Field(default=100, ge=1, le=1000,
+                               description="the largest in-flight window a connector may ask for")
+
+
+@model
+class RelayStep:
+    module: Literal["relay"]
+    config: RelayConfig
+
+    def secret_fields(self) -> dict[str, str]:
+        """Path below the step -> value of each field holding a secret (must be a reference)."""
+        return {"config.token": self.config.token}
+
+
 Step = Annotated[
-    LogStep | HttpStep | RedisStreamStep | RedisPublishStep | FileStep
+    LogStep | HttpStep | RedisStreamStep | RedisPublishStep | FileStep | RelayStep
     | DestinationStep,
     Field(discriminator="module"),
     BeforeValidator(refuse_unbuilt),
 ]
 
-MODULES = ("log", "http", "redis_stream", "redis_publish", "file",
+MODULES = ("log", "http", "redis_stream", "redis_publish", "file", "relay",
            *DESTINATION_MODULES)

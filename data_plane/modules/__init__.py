@@ -29,6 +29,7 @@ from data_plane.modules import (
     redis_publish,
     redis_rq,
     redis_stream,
+    relay,
     s3,
     sqs,
     stomp,
@@ -59,6 +60,7 @@ MODULES: Mapping[str, Runner] = MappingProxyType(
         "zeromq": zeromq.run,
         "websocket": websocket.run,
         "redis_rq": redis_rq.run,
+        "relay": relay.run,
     }
 )
 
