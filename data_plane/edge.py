@@ -15,6 +15,11 @@ so idle or trickling ones would refuse everybody else. `EdgeProtocol` is that pr
 - `body_timeout_s` from the end of the head to the end of the body: 408, connection closed;
   the app sees the request as disconnected.
 
+A WebSocket (the relay's `/connect/.../ws`) leaves all of this behind once upgraded: no HTTP
+deadline applies to it (the WebSocket protocol's own pings watch it), and it keeps its place
+in the connection budget until it closes. On shutdown `EdgeGuard.draining` is set, so that
+long-lived answers (relay streams and long polls) can end instead of holding the shutdown up.
+
 A deadline is armed only when a read leaves a request unfinished, so a request that arrives in
 one read (nearly every webhook) costs no timer at all. Edge answers carry `X-Whplane-Revision`
 like every gateway answer.
@@ -67,6 +72,7 @@ class EdgeGuard:
         self.head_timeouts = 0
         self.body_timeouts = 0
         self.heads_too_large = 0
+        self.draining = asyncio.Event()
 
     def admit(self, peer: str | None) -> bool:
         if self.open >= self.max_connections:
@@ -156,6 +162,8 @@ class EdgeProtocol(HttpToolsProtocol):
                 self._head_too_large()
                 return
         super().data_received(data)
+        if self._answered:  # upgraded to a WebSocket by that read: no longer ours
+            return
 
         scope, cycle = self.scope, self.cycle
         if scope is None:
@@ -180,6 +188,32 @@ class EdgeProtocol(HttpToolsProtocol):
             # Between requests uvicorn's keep-alive timer runs, and any read cancels it:
             # bytes that start no request (blank lines) must not hold the connection open.
             self._arm(limits.keepalive_timeout_s, self._idle_expired, cycle)
+
+    def handle_websocket_upgrade(self) -> None:
+        # Without this, the upgrade request's read would arm a head deadline that writes a
+        # 408 into the WebSocket later, and the connection would never leave the budget
+        # (its connection_lost goes to the WebSocket protocol, not to us).
+        self._disarm()
+        self._answered = True
+        super().handle_websocket_upgrade()
+        if not self._admitted:
+            return
+        self._admitted = False
+        ws = self.transport.get_protocol()
+        lost = ws.connection_lost
+        guard, peer = self.guard, self._peer
+
+        def connection_lost(exc: Exception | None) -> None:
+            try:
+                lost(exc)
+            finally:
+                guard.release(peer)
+
+        ws.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    def shutdown(self) -> None:
+        self.guard.draining.set()
+        super().shutdown()
 
     def _in_body(self) -> bool:
         cycle = self.cycle
