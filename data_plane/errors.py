@@ -4,6 +4,7 @@
      └── DeliveryError            retryable: bool, destination: str
           ├── StepFailed          a chain step failed (index, module, reason)
           ├── ChainTimeout        the chain's total timeout cut it (always retryable)
+          ├── DestinationFull     the destination takes nothing more for now (503 to a sync sender)
           └── SsrfBlocked         the destination is not allowed (never retryable)
 
 `retryable` tells the worker whether trying again later can succeed: timeouts, connection
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from providers.resources import GLOBAL
-from providers.step_spec import FileStep, LogStep
+from providers.step_spec import FileStep, LogStep, RelayStep
 
 
 class DataPlaneError(Exception):
@@ -78,6 +79,15 @@ class ChainTimeout(DeliveryError, retryable=True):
         self.running = running
 
 
+class DestinationFull(DeliveryError, retryable=True):
+    """The destination is at its bound (a relay channel's buffer): nothing was written. A
+    sync sender is answered 503 with `Retry-After`, not 502: trying later will work."""
+
+    def __init__(self, reason: str, *, destination: str, retry_after_s: float) -> None:
+        super().__init__(reason, destination=destination)
+        self.retry_after_s = retry_after_s
+
+
 class SsrfBlocked(DeliveryError, retryable=False):
     """The destination resolves to an address the SSRF guard refuses."""
 
@@ -91,6 +101,8 @@ def destination_of(step: Any, connections: Any) -> str:
         return "log"
     if isinstance(step, FileStep):
         return f"file:{step.config.path}"
+    if isinstance(step, RelayStep):  # no connection: the gateway's own Redis
+        return f"relay:{step.config.channel}"
     name: str = step.connection
     conn = connections.get(name)
     namespace = conn.metadata.namespace if conn is not None else None

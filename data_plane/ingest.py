@@ -35,6 +35,7 @@ from data_plane.chain import run_chain
 from data_plane.clients import Clients
 from data_plane.compiled import CompiledWebhook
 from data_plane.delivery import Delivery
+from data_plane.errors import DestinationFull
 from data_plane.logs import request_id as request_id_var
 from data_plane.metrics import GatewayMetrics
 from data_plane.queue import Backpressure, DeliveryQueue
@@ -307,10 +308,20 @@ class Ingest:
             host.metrics.took("sync", time.perf_counter() - t0)
             await reply.body(200, b'{"id":"%s","status":"delivered"}' % delivery.id.encode())
             return
-        host.metrics.request(ns, "failed")
         if dedupe_key:
             await host.forget(ns, name, dedupe_key)
         host.metrics.delivery(ns, "sync", "failed")
+        full = result.error.__cause__ if result.error is not None else None
+        if isinstance(full, DestinationFull):
+            # Not broken, at its bound (a relay channel's buffer): the sender retries later.
+            host.metrics.request(ns, "overloaded")
+            log.warning("sync delivery %s refused for %s/%s: %s", delivery.id, ns, name,
+                        result.error)
+            await reply.json(503, {"id": delivery.id, "status": "refused",
+                                   "error": "destination full", "request_id": req.rid},
+                             retry_after=full.retry_after_s)
+            return
+        host.metrics.request(ns, "failed")
         # The sender learns that it failed, never where or why: destinations, addresses and
         # the SSRF guard's verdicts are the operator's (this log line, with the request id).
         log.warning("sync delivery %s failed for %s/%s: %s", delivery.id, ns, name, result.error)
