@@ -1,6 +1,9 @@
-"""`make bench`: run every benchmark, write bench/REPORT.md and bench/ingest.png.
+"""`make bench`: run every benchmark, print the report and write it to bench/out/ (untracked).
 
-Figures, not assertions: each benchmark prints its own goals next to what it measured.
+Each benchmark prints its goals next to what it measured; the report ends with every goal,
+met or missed, and the exit status is 1 when one is missed or a benchmark failed, so a
+regression cannot pass unnoticed. The committed bench/REPORT.md and bench/ingest.png are a
+reference, rewritten only on purpose: `python -m bench --update-reference`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench import gateway
+from bench.goals import Verdict, line_verdicts, ratio_verdicts
 
 HERE = Path(__file__).parent
 SECTIONS = [
@@ -55,7 +59,7 @@ def chart(results: list[gateway.Result], path: Path) -> None:
     fig.savefig(path)
 
 
-def main() -> None:
+def main(update_reference: bool = False) -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     parts = [
         "# Benchmark report",
@@ -64,19 +68,38 @@ def main() -> None:
         f"{platform.python_version()}, {platform.machine()}. Every server runs on this one "
         "machine, load generator included, so ratios travel better than absolute figures.",
     ]
+    verdicts: list[Verdict] = []
+    failed: list[str] = []
     for title, module in SECTIONS:
         print(f"running {module} …", flush=True)
-        parts += ["", f"## {title}", "", "```", run_module(module), "```"]
+        text = run_module(module)
+        if text.startswith("FAILED"):
+            failed.append(module)
+        verdicts += line_verdicts(text.splitlines())
+        parts += ["", f"## {title}", "", "```", text, "```"]
     print("running bench.gateway …", flush=True)
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
         results = gateway.main(seconds=10, connections=32)
-    chart(results, HERE / "ingest.png")
-    parts += ["", "## Ingest (gateway against the floor)", "", "```", captured.getvalue().strip(),
-              "```", "", "![ingest throughput](ingest.png)", ""]
-    (HERE / "REPORT.md").write_text("\n".join(parts) + "\n")
-    print((HERE / "REPORT.md").read_text())
+    ingest = captured.getvalue().strip()
+    goals_line = next((x for x in ingest.splitlines() if x.startswith("goals:")), "")
+    verdicts += ratio_verdicts(goals_line, [(r.name, r.rps / results[0].rps) for r in results])
+    missed = [v for v in verdicts if not v.met]
+    parts += ["", "## Ingest (gateway against the floor)", "", "```", ingest, "```", "",
+              "![ingest throughput](ingest.png)", "", "## Goals", "", "```",
+              *map(str, verdicts), *(f"FAILED {m}" for m in failed), "```", ""]
+    # The run's report is untracked; the committed one changes only when asked to.
+    where = HERE if update_reference else HERE / "out"
+    where.mkdir(exist_ok=True)
+    chart(results, where / "ingest.png")
+    (where / "REPORT.md").write_text("\n".join(parts) + "\n")
+    print("\n".join(parts))
+    print(f"report written to {where / 'REPORT.md'}")
+    if missed or failed:
+        print(f"{len(missed)} goal(s) missed, {len(failed)} benchmark(s) failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(update_reference="--update-reference" in sys.argv[1:]))
