@@ -45,7 +45,13 @@ from cli.common import (
 )
 from cli.rollout import follow, parse_duration
 from providers.errors import DocumentError, DocumentErrors, Location
-from providers.loader import parse_text, plaintext_secrets, read_texts, validate_documents
+from providers.loader import (
+    parse_text,
+    plaintext_secrets,
+    private_destinations,
+    read_texts,
+    validate_documents,
+)
 from providers.resources import AnyResource
 from providers.rollout import parse_selector
 
@@ -146,6 +152,7 @@ class Loaded:
     docs: list[Doc]
     resources: list[AnyResource]
     empty: list[str]  # files that hold no document at all
+    errors: list[DocumentError]  # when not empty, the rest is what could be read
 
     @property
     def sources(self) -> list[str]:
@@ -159,11 +166,12 @@ class Loaded:
         return labels
 
 
-def load_files(paths: Sequence[Path]) -> Loaded:
-    """Read, parse and validate every file once; raise DocumentErrors naming every problem.
+def load_files(paths: Sequence[Path], plaintext_remedy: str | None = None) -> Loaded:
+    """Read, parse and validate every file once; `errors` names every problem.
 
     The parsed documents are kept: they are sent, not the models, so what is validated is what
-    is sent. A file that cannot be read does not stop the others from being checked.
+    is sent. A file that cannot be read does not stop the others from being checked. With
+    `plaintext_remedy`, literal secrets are errors too, in every document that validated.
     """
     texts, errors = read_texts(paths)
     parsed: list[tuple[Location, object]] = []
@@ -181,21 +189,26 @@ def load_files(paths: Sequence[Path]) -> Loaded:
         validated = validate_documents(parsed)
     except DocumentErrors as exc:
         errors += exc.errors
-    if errors:
-        raise DocumentErrors(errors)
+        validated = cast(list[tuple[Location, AnyResource]], list(exc.valid))
+    if plaintext_remedy is not None:
+        written = {id(loc): doc for loc, doc in parsed}
+        errors += plaintext_secrets(validated, plaintext_remedy,
+                                    [written.get(id(loc)) for loc, _ in validated])
     return Loaded([loc for loc, _ in validated], [cast(Doc, d) for _, d in parsed],
-                  [r for _, r in validated], empty)
+                  [r for _, r in validated], empty, errors)
 
 
-def _load(paths: Sequence[Path], *, exit_code: int) -> Loaded:
-    try:
-        loaded = load_files(paths)
-    except DocumentErrors as exc:
-        _print_document_errors(exc.errors)
-        raise typer.Exit(exit_code) from None
+def _load(paths: Sequence[Path], *, exit_code: int, plaintext_remedy: str | None = None
+          ) -> Loaded:
+    loaded = load_files(paths, plaintext_remedy)
     for source in loaded.empty:
         render.print_warning(err, f"{source}: no resources in this file (empty, or only "
                              "comments): nothing of it is checked or applied")
+    for warning in private_destinations(zip(loaded.locations, loaded.resources, strict=True)):
+        render.print_warning(err, warning.readable())
+    if loaded.errors:
+        _print_document_errors(loaded.errors)
+        raise typer.Exit(exit_code)
     return loaded
 
 
@@ -227,14 +240,9 @@ def validate(
     ] = False,
 ) -> None:
     """Check resource files offline. Exit 0 valid; 1 on any error."""
-    loaded = _load(files, exit_code=1)
+    loaded = _load(files, exit_code=1, plaintext_remedy=None if allow_plaintext_secrets
+                   else ", or pass --allow-plaintext-secrets")
     _require_resources(loaded, files, 1)
-    resources = zip(loaded.locations, loaded.resources, strict=True)
-    errors = [] if allow_plaintext_secrets else plaintext_secrets(
-        resources, ", or pass --allow-plaintext-secrets", loaded.docs)
-    if errors:
-        _print_document_errors(errors)
-        raise typer.Exit(1)
     out.print(f"{len(loaded.resources)} resource(s) valid", markup=False, highlight=False)
 
 

@@ -36,6 +36,7 @@ class Location:
     line: int | None = field(default=None, compare=False)
     resource: str = field(default="", compare=False)
     lines: Mapping[str, int] | None = field(default=None, compare=False, repr=False)
+    number: int | None = field(default=None, compare=False)  # a text error's document, 1-based
 
     def __str__(self) -> str:
         if self.index is not None:
@@ -57,7 +58,8 @@ class Location:
         """`examples/acme.yaml:14 (document 2, Webhook acme/github-push)`: one-based."""
         line = self.line_of(path)
         where = self.source if line is None else f"{self.source}:{line}"
-        about = [f"document {self.index + 1}"] if self.index is not None else []
+        number = self.index + 1 if self.index is not None else self.number
+        about = [f"document {number}"] if number is not None else []
         if self.resource:
             about.append(self.resource)
         return f"{where} ({', '.join(about)})" if about else where
@@ -102,8 +104,11 @@ class DocumentError(ProviderError):
 
 
 class DocumentErrors(ProviderError):
-    def __init__(self, errors: Iterable[DocumentError]) -> None:
+    """`valid`: the (location, resource) pairs that did validate, for checks beyond them."""
+
+    def __init__(self, errors: Iterable[DocumentError], valid: Sequence[object] = ()) -> None:
         self.errors: Sequence[DocumentError] = tuple(errors)
+        self.valid = valid
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -9,11 +9,13 @@ also gives each document's resource and the line of every field (`Location.lines
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -257,18 +259,18 @@ def parse_text(text: str, source: str) -> list[tuple[Location, object]]:
     locations carry the document's line, resource and field lines.
     """
     json_text = source.endswith(".json")
+    docs: list[tuple[object, yaml.Node | None]] = []
     try:
         if json_text:
-            docs: list[tuple[object, yaml.Node | None]] = [(loads_json(text), None)]
+            docs = [(loads_json(text), None)]
         else:
-            docs = _yaml_documents(text)
+            _yaml_documents(text, docs)
         docs = _unwrap(docs)
     except json.JSONDecodeError as exc:
         raise DocumentErrors([DocumentError(
             Location(source, line=exc.lineno), "", f"invalid JSON: {exc.msg}")]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = Location(source, line=mark.line + 1 if mark is not None else None)
+        where = Location(source, line=_yaml_line(exc), number=len(docs) + 1)
         raise DocumentErrors([DocumentError(where, "", f"invalid YAML: {_yaml_problem(exc)}")]
                              ) from None
     except (ValueError, RecursionError) as exc:
@@ -285,18 +287,28 @@ def parse_text(text: str, source: str) -> list[tuple[Location, object]]:
     return [(_location(source, i, d, node), d) for i, (d, node) in enumerate(docs)]
 
 
-def _yaml_documents(text: str) -> list[tuple[object, yaml.Node | None]]:
+def _yaml_documents(text: str, out: list[tuple[object, yaml.Node | None]]) -> None:
+    """Append each document of `text` with its node to `out`: what was read before an error
+    says which document the error is in."""
     loader = _Loader(text)
     try:
-        out: list[tuple[object, yaml.Node | None]] = []
         while loader.check_node():
             node = loader.get_node()
             doc = loader.construct_document(node)
             if doc is not None:
                 out.append((doc, node))
-        return out
     finally:
         loader.dispose()
+
+
+def _yaml_line(exc: yaml.YAMLError) -> int | None:
+    """The line to look at: where PyYAML noticed, except for a key without its ':', noticed
+    only on a later line, where the key itself is the line."""
+    mark = getattr(exc, "problem_mark", None)
+    context = getattr(exc, "context_mark", None)
+    if str(getattr(exc, "problem", "")).startswith("could not find expected ':'") and context:
+        mark = context
+    return mark.line + 1 if mark is not None else None
 
 
 def _location(source: str, index: int, doc: object, node: yaml.Node | None) -> Location:
@@ -425,7 +437,7 @@ def validate_documents(
             continue
         out.append((location, resource))
     if errors:
-        raise DocumentErrors(errors)
+        raise DocumentErrors(errors, out)
     return out
 
 
@@ -446,6 +458,47 @@ def plaintext_secrets(
         for path, value in secret_fields(resource).items()
         if not has_refs(value)
     ]
+
+
+def private_destinations(resources: Iterable[tuple[Location, AnyResource]]
+                         ) -> list[DocumentError]:
+    """Connections whose literal URL is a loopback, private or link-local address (or
+    `localhost`) without `allow_private: true`: valid config, but the gateways' SSRF guard
+    refuses every delivery there. Meant as warnings: a name that resolves to such an address
+    only shows at delivery time."""
+    out = []
+    for location, resource in resources:
+        spec = getattr(resource, "spec", None)
+        url = getattr(spec, "url", None)
+        if getattr(spec, "allow_private", None) is not False or not isinstance(url, str):
+            continue
+        if has_refs(url):
+            continue  # its value is the gateway's to know
+        try:
+            what = _private_host(urlsplit(url).hostname or "")
+        except ValueError:
+            continue  # not a URL: the schema says so
+        if what:
+            out.append(DocumentError(location, "spec.url", (
+                f"{what}: gateways refuse to deliver there (SSRF guard), so every delivery "
+                "through this connection would fail; set allow_private: true (admin tokens "
+                "only) if that is really where it should go")))
+    return out
+
+
+def _private_host(host: str) -> str:
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"{host} is this machine (loopback)"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ""
+    for attribute, what in (("is_loopback", "a loopback"), ("is_link_local", "a link-local"),
+                            ("is_unspecified", "an unspecified"),
+                            ("is_private", "a private"), ("is_reserved", "a reserved")):
+        if getattr(address, attribute):
+            return f"{host} is {what} address"
+    return "" if address.is_global else f"{host} is not a public address"
 
 
 def _as_written(path: str, doc: object) -> str:
