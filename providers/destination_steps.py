@@ -2,16 +2,12 @@
 
 Each step is `{module: NAME, connection: CONN, config: {...}}`; the Connection's `spec.type`
 names the system. `providers/step_spec.py` adds these to the `Step` union.
-
-A module whose runner is not in this version yet keeps its model (so the schema and the docs
-show the whole contract) but is refused by name when a document uses it: see
-`NOT_YET_BUILT` and `refuse_unbuilt`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -223,15 +219,3 @@ DestinationStep = (
 
 DESTINATION_MODULES = ("rabbitmq", "kafka", "postgres", "mysql", "clickhouse", "s3", "sqs",
                        "mqtt", "nats", "stomp", "zeromq", "websocket", "redis_rq")
-
-# Delete a module's name here in the commit that registers its runner in data_plane/modules.
-NOT_YET_BUILT: frozenset[str] = frozenset()
-
-
-def refuse_unbuilt(value: Any) -> Any:
-    """Before the `Step` union: a clear error for a module this version cannot run yet, rather
-    than a webhook that validates and then fails every delivery."""
-    if isinstance(value, dict) and value.get("module") in NOT_YET_BUILT:
-        raise ValueError(f"module {value['module']!r} is not built yet in this version of "
-                         "whplane (see docs/modules.md)")
-    return value

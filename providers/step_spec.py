@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, Field
 
-from providers.destination_steps import DESTINATION_MODULES, DestinationStep, refuse_unbuilt
+from providers.destination_steps import DESTINATION_MODULES, DestinationStep
 from providers.model import Name, Referable, Seconds, model, shared
 
 
@@ -142,7 +142,6 @@ Step = Annotated[
     LogStep | HttpStep | RedisStreamStep | RedisPublishStep | FileStep | RelayStep
     | DestinationStep,
     Field(discriminator="module"),
-    BeforeValidator(refuse_unbuilt),
 ]
 
 MODULES = ("log", "http", "redis_stream", "redis_publish", "file", "relay",

@@ -24,7 +24,7 @@ from data_plane.delivery import Delivery
 from data_plane.errors import DeliveryError, SsrfBlocked
 from data_plane.queue import DeliveryQueue
 from data_plane.worker import Worker
-from providers import destination_steps, sandbox
+from providers import sandbox
 from providers.connection_spec import PostgresConnectionSpec
 from providers.errors import DocumentErrors
 from providers.loader import load_documents
@@ -182,18 +182,6 @@ def test_urls_are_scheme_checked_and_circuits_validated() -> None:
                                               "circuit": {"failures": 0}})
     assert "spec.circuit.cooldown_s" in errors({"type": "http", "url": "https://x",
                                                 "circuit": {"cooldown_s": -1}})
-
-
-def test_modules_not_built_yet_are_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    text = json.dumps({
-        "apiVersion": "whplane/v1", "kind": "Webhook", "metadata": {"name": "h", "namespace": "a"},
-        "spec": {"verify": {"scheme": "none"}, "chain": {"steps": [
-            {"module": "redis_rq", "connection": "r",
-             "config": {"queue": "q", "function": "f.g"}}]}}})
-    monkeypatch.setattr(destination_steps, "NOT_YET_BUILT", frozenset({"redis_rq"}))
-    with pytest.raises(DocumentErrors) as caught:
-        load_documents([("w.json", text)])
-    assert "module 'redis_rq' is not built yet" in str(caught.value)
 
 
 def test_tenant_rules_for_the_new_types() -> None:
