@@ -88,6 +88,11 @@ def tenant_problems(doc: Mapping[str, Any], namespace: str) -> list[Problem]:
         if spec.get("type") == "redis":
             out.append(Problem("spec.type", "Redis connections are for the admin (use a "
                                             "global one)"))
+        if spec.get("type") == "kafka":
+            # The guard checks the bootstrap servers only; the brokers a cluster advertises
+            # are dialled as advertised, which may be any internal address.
+            out.append(Problem("spec.type", "Kafka connections are for the admin (use a "
+                                            "global one)"))
     if kind == "Webhook":
         steps = (spec.get("chain") or {}).get("steps") or []
         for i, step in enumerate(steps):

@@ -174,6 +174,8 @@ def test_tenant_rules() -> None:
     assert "private addresses" in tenant(conn)[0]
     redis = {**conn, "spec": {"type": "redis", "url": "redis://10.0.0.1"}}
     assert "Redis connections" in tenant(redis)[0]
+    kafka = {**conn, "spec": {"type": "kafka", "url": "kafka://kafka.example:9092"}}
+    assert "Kafka connections" in tenant(kafka)[0]
     elsewhere = {**webhook(), "metadata": {"name": "w", "namespace": "beta"}}
     assert "metadata.namespace" in tenant(elsewhere)[0]
     namespace = {"apiVersion": "whplane/v1", "kind": "Namespace", "metadata": {"name": "alpha"}}
