@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from data_plane import redis_keys as keys
 from data_plane.delivery import Delivery
+from data_plane.redis_connect import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class DeadLetters:
     """Read, replay and delete the dead letters of one queue (`stream`)."""
 
     def __init__(
-        self, redis: aioredis.Redis, stream: str = keys.STREAM, *, timeout_s: float = 5.0
+        self, redis: RedisClient, stream: str = keys.STREAM, *, timeout_s: float = 5.0
     ) -> None:
         self._redis = redis
         self._stream = stream

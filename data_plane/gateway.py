@@ -10,12 +10,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from data_plane.chain import run_chain
 from data_plane.clients import Clients
 from data_plane.compiled import CompiledCache
@@ -27,6 +21,8 @@ from data_plane.ids import IdSource
 from data_plane.metrics import GatewayMetrics
 from data_plane.queue import DeliveryQueue
 from data_plane.ratelimit import RateLimiter
+from data_plane.redis_connect import RedisClient, parse_redis_url
+from data_plane.redis_connect import connect as redis_connect
 from data_plane.refusals import Refusals
 from data_plane.registration import VERSION, heartbeat_loop, registrar_for
 from data_plane.settings import GatewaySettings
@@ -69,18 +65,19 @@ class Gateway:
         self.compiled = CompiledCache()
         self.ids = IdSource()
         self.clients = Clients()
-        self.redis: aioredis.Redis | None = None
+        self.redis: RedisClient | None = None
+        wait_replicas = 0
         if settings.redis_url:
-            # Retry once on a dead pooled connection (Redis restarted): no 503 for that alone.
-            self.redis = aioredis.from_url(
-                settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
-                health_check_interval=15,
-                retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            )  # fmt: skip
+            self.redis = redis_connect(settings.redis_url)
+            replicated = parse_redis_url(settings.redis_url).replicated
+            wait_replicas = (settings.redis_wait_replicas if settings.redis_wait_replicas
+                             is not None else int(replicated))  # fmt: skip
         self.queue = (
-            DeliveryQueue(self.redis, max_backlog=settings.max_backlog) if self.redis else None
-        )
+            DeliveryQueue(self.redis, max_backlog=settings.max_backlog,
+                          wait_replicas=wait_replicas,
+                          wait_timeout_ms=settings.redis_wait_timeout_ms)
+            if self.redis is not None else None
+        )  # fmt: skip
         self.dlq = DeadLetters(self.redis) if self.redis is not None else None
         self.limiter = RateLimiter(self.redis)
         self.idempotency = Idempotency(self.redis) if self.redis is not None else None

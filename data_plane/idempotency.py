@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
-
 from data_plane import redis_keys as keys
+from data_plane.redis_connect import RedisClient
 
 
 class Idempotency:
-    def __init__(self, redis: aioredis.Redis, *, timeout_s: float = 1.0) -> None:
+    def __init__(self, redis: RedisClient, *, timeout_s: float = 1.0) -> None:
         self._redis = redis
         self._timeout_s = timeout_s
 

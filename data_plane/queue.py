@@ -18,7 +18,11 @@ Durability of an acknowledged enqueue is Redis's: with `appendonly yes` and
 `appendfsync always` the entry is on disk before Redis replies; with `appendfsync everysec`
 (the default) up to about a second of accepted deliveries can be lost if the Redis *host*
 crashes; without AOF, everything since the last RDB snapshot. Replication is asynchronous,
-so a failover can also drop the newest writes unless the caller adds `WAIT`.
+so a failover can also drop the newest writes: with `wait_replicas` > 0 each pipeline of
+enqueues ends with `WAIT wait_replicas wait_timeout_ms` on the same connection, and an enqueue
+is only confirmed once that many replicas hold it (else NotReplicated: the caller answers 503,
+the sender retries, at worst a duplicate). Settling needs no WAIT: a settle lost in a failover
+leaves the entry pending, to be delivered again, never lost.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from data_plane import redis_keys as keys
 from data_plane.delivery import Delivery
 from data_plane.dlq import DLQ_MAXLEN, dead_letter_fields
+from data_plane.redis_connect import RedisClient
 
 Entry = tuple[str, dict[bytes, bytes] | None]  # fields are None for an entry deleted while pending
 Fields = Mapping[str, bytes] | Mapping[bytes, bytes]  # Delivery.to_fields() | as read from Redis
@@ -103,6 +108,11 @@ return {#due, wait}
 """
 
 
+class NotReplicated(RedisError):
+    """Redis applied the enqueue but fewer replicas than asked acknowledged it in time: a
+    failover now could lose it, so it is not confirmed (the sender retries: a duplicate)."""
+
+
 class Backpressure(Exception):
     """The backlog is over its bound: nothing was enqueued; answer 503 with Retry-After."""
 
@@ -130,6 +140,19 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _replicated(results: list[Any], wanted: int) -> list[Any]:
+    """The enqueue results of a pipeline ending with WAIT, entries written but not on
+    `wanted` replicas turned into NotReplicated (a full backlog wrote nothing: kept)."""
+    *results, acked = results
+    if isinstance(acked, BaseException):
+        failure: BaseException = acked
+    elif int(acked) < wanted:
+        failure = NotReplicated(f"{acked} of {wanted} replica(s) acknowledged in time")
+    else:
+        return results
+    return [r if isinstance(r, BaseException | int) else failure for r in results]
+
+
 class DeliveryQueue:
     """Enqueue side and the atomic state transitions the worker uses.
 
@@ -139,13 +162,15 @@ class DeliveryQueue:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         stream: str = keys.STREAM,
         max_backlog: int = 100_000,
         *,
         retry_after_s: float = 5.0,
         dead_letters_maxlen: int = DLQ_MAXLEN,
         timeout_s: float = 5.0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -155,6 +180,10 @@ class DeliveryQueue:
         self.retry_after_s = retry_after_s
         self.dead_letters_maxlen = dead_letters_maxlen
         self.timeout_s = timeout_s
+        if wait_replicas and wait_timeout_ms / 1000 >= timeout_s:
+            raise ValueError("wait_timeout_ms must end inside the enqueue timeout")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._enqueue = redis.register_script(_ENQUEUE)
         self._depth = redis.register_script(_DEPTH)
         self._ack = redis.register_script(_ACK)
@@ -187,16 +216,33 @@ class DeliveryQueue:
         return _text(result)
 
     async def _flush(self) -> None:
+        reloaded = False
         while self._batch:
             batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
             try:
                 async with asyncio.timeout(self.timeout_s):
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for args, _ in batch:
-                            await self._enqueue(
-                                keys=[self.stream, self.scheduled], args=args, client=pipe
+                            await self._enqueue(  # the stubs omit ClusterPipeline: it works
+                                keys=[self.stream, self.scheduled], args=args,
+                                client=pipe,  # type: ignore[arg-type]
                             )
+                        if self.wait_replicas:
+                            self._add_wait(pipe)
                         results = await pipe.execute(raise_on_error=False)
+                if self.wait_replicas:
+                    results = _replicated(results, self.wait_replicas)
+                if not reloaded and any(isinstance(r, NoScriptError) for r in results):
+                    # Only a cluster pipeline lacks redis-py's script preloading (a node
+                    # promoted by a failover starts with an empty script cache). The script
+                    # did not run: load it and send those entries again, once.
+                    reloaded = True
+                    async with asyncio.timeout(self.timeout_s):
+                        await self.redis.script_load(_ENQUEUE)
+                    pairs = list(zip(batch, results, strict=True))
+                    self._batch[:0] = [b for b, r in pairs if isinstance(r, NoScriptError)]
+                    batch = [b for b, r in pairs if not isinstance(r, NoScriptError)]
+                    results = [r for r in results if not isinstance(r, NoScriptError)]
             except Exception as exc:
                 results = [exc] * len(batch)
             for (_, waiter), result in zip(batch, results, strict=True):
@@ -206,6 +252,14 @@ class DeliveryQueue:
                     waiter.set_exception(result)
                 else:
                     waiter.set_result(result)
+
+    def _add_wait(self, pipe: Any) -> None:
+        # On the pipeline's own connection: WAIT counts the replicas that have this
+        # connection's writes. In a cluster, that is the connection to the stream's node.
+        target: dict[str, Any] = {}
+        if isinstance(self.redis, aioredis.RedisCluster):
+            target["target_nodes"] = self.redis.get_node_from_key(self.stream)
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms, **target)
 
     async def aclose(self) -> None:
         """Stop the flusher; callers still waiting get an error (not queued, they answer 5xx)."""

@@ -24,10 +24,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from data_plane import redis_keys as keys
+from data_plane.redis_connect import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis: aioredis.Redis | None,
+        redis: RedisClient | None,
         *,
         timeout_s: float = 0.075,
         recheck_s: float = 1.0,

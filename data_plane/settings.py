@@ -29,7 +29,16 @@ class GatewaySettings(BaseSettings):
                                       populate_by_name=True)
 
     config: str = Field(description="file:PATH | etcd://HOST:PORT[,...]/PREFIX | vault://MOUNT/PATH")
-    redis_url: str | None = Field(default=None, description="Redis for async delivery and limits")
+    redis_url: str | None = Field(
+        default=None, description="Redis for async delivery and limits: redis://, rediss://, "
+        "redis+sentinel://HOST:PORT[,...]/SERVICE or redis+cluster://HOST:PORT[,...]")
+    # A 202 waits for this many replicas to hold the delivery (Redis WAIT). Unset: 1 on
+    # Sentinel and Cluster, whose failover would otherwise drop the newest accepted writes,
+    # and 0 on a single server, which has no replica to wait for.
+    redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(
+        default=1000, ge=1, le=4000,
+        description="how long a 202 waits for the replicas; then 503 (the sender retries)")
     gateway_id: str = Field(default_factory=_default_gateway_id)
     # NoDecode: the environment gives `k=v,k2=v2`, not JSON.
     labels: Annotated[dict[str, str], NoDecode] = Field(

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from data_plane import redis_keys as keys
@@ -33,6 +32,7 @@ from data_plane.circuit import CircuitBreaker, Circuits, deferral
 from data_plane.delivery import Delivery
 from data_plane.logs import request_id as request_id_var
 from data_plane.queue import DeliveryQueue, Entry
+from data_plane.redis_connect import RedisClient, socket_timeout
 from providers.backoff import backoff
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _cancel_requested() -> bool:
 class Worker:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         deliver: Callable[[Delivery], Awaitable[None]],
         retry_policy: Callable[[Delivery], RetryPolicy | None],
         consumer: str,
@@ -113,8 +113,8 @@ class Worker:
         self.claim_idle_s = claim_idle_s
         # The blocking read must end well inside the client's socket timeout and leave time
         # for the heartbeat, which runs between reads.
-        socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout") or 60.0
-        self._block_s = min(block_s, claim_idle_s / 4, socket_timeout / 2)
+        read_timeout = socket_timeout(redis) or 60.0
+        self._block_s = min(block_s, claim_idle_s / 4, read_timeout / 2)
         self._beat_s = claim_idle_s / 4
         self.circuits = circuits
         self._destination = destination

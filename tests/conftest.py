@@ -28,6 +28,8 @@ from cli.servers import (
     EtcdCluster,
     EtcdServer,
     MotoServer,
+    RedisCluster,
+    RedisSentinel,
     RedisServer,
     ServerError,
     TansuBroker,
@@ -103,6 +105,20 @@ def vault_own() -> Iterator[VaultServer]:
 def redis_own() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[RedisSentinel]:
+    """A master, 2 replicas and 3 Sentinels: free to kill the master."""
+    with RedisSentinel() as sentinel:
+        yield sentinel
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisCluster]:
+    """3 masters with a replica each."""
+    with RedisCluster() as cluster:
+        yield cluster
 
 
 # --- delivery-module systems: environment, else standard local port, else wheel, else skip ----

