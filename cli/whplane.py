@@ -213,16 +213,29 @@ dlq = typer.Typer(help="List and replay dead-lettered deliveries (needs WH_REDIS
 app.add_typer(dlq, name="dlq")
 
 
-def _dead_letters(redis_url: str | None) -> Any:
+CHANNEL_HELP = "a relay channel's dead letters (with -n): messages its connectors failed"
+
+
+def _dead_letters(redis_url: str | None, namespace: str | None = None,
+                  channel: str | None = None) -> Any:
     from redis.asyncio import from_url
 
+    from data_plane import redis_keys
     from data_plane.dlq import DeadLetters
+    from providers.model import NAME_RE
 
     url = redis_url or os.environ.get("WH_REDIS_URL")
     if not url:
         err.print("[red]error:[/] needs Redis: --redis-url or WH_REDIS_URL")
         raise typer.Exit(2)
-    return DeadLetters(from_url(url, socket_timeout=5, socket_connect_timeout=2))
+    redis = from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    if channel is None:
+        return DeadLetters(redis)
+    if namespace is None or not NAME_RE.match(namespace) or not NAME_RE.match(channel):
+        err.print("[red]error:[/] --channel needs -n NAMESPACE, both valid names")
+        raise typer.Exit(2)
+    # Replayed messages go back to the channel's buffer, to its connectors.
+    return DeadLetters(redis, redis_keys.relay_stream(namespace, channel))
 
 
 @dlq.command("list")
@@ -231,13 +244,14 @@ def dlq_list(
     limit: Annotated[int, typer.Option(help="at most this many")] = 100,
     redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
     output: Annotated[str, typer.Option("-o", "--output", help="table | json")] = "table",
+    channel: Annotated[str | None, typer.Option(help=CHANNEL_HELP)] = None,
 ) -> None:
     """Dead-lettered deliveries, oldest first."""
     import json
 
     from rich.table import Table
 
-    letters = _dead_letters(redis_url)
+    letters = _dead_letters(redis_url, namespace, channel)
     entries = asyncio.run(letters.list(namespace=namespace, limit=limit))
     if output == "json":
         Console().print_json(json.dumps([{
@@ -259,9 +273,10 @@ def dlq_replay(
     all_: Annotated[bool, typer.Option("--all", help="replay every dead letter")] = False,
     namespace: Annotated[str | None, typer.Option("-n", "--namespace")] = None,
     redis_url: Annotated[str | None, typer.Option(help="[env WH_REDIS_URL]")] = None,
+    channel: Annotated[str | None, typer.Option(help=CHANNEL_HELP)] = None,
 ) -> None:
-    """Put dead-lettered deliveries back on the queue, attempts reset."""
-    letters = _dead_letters(redis_url)
+    """Put dead-lettered deliveries back on the queue (or the relay channel), attempts reset."""
+    letters = _dead_letters(redis_url, namespace, channel)
     if all_:
         n = asyncio.run(letters.replay_all(namespace=namespace))
         Console().print(f"replayed {n} deliveries")
