@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from data_plane import redis_keys as keys
@@ -222,11 +223,17 @@ class DeliveryQueue:
             try:
                 async with asyncio.timeout(self.timeout_s):
                     async with self.redis.pipeline(transaction=False) as pipe:
-                        for args, _ in batch:
-                            await self._enqueue(  # the stubs omit ClusterPipeline: it works
-                                keys=[self.stream, self.scheduled], args=args,
-                                client=pipe,  # type: ignore[arg-type]
-                            )
+                        if isinstance(pipe, ClusterPipeline):
+                            # redis-py refuses Script objects in cluster pipelines; a plain
+                            # EVALSHA is routed by its keys (NOSCRIPT handled below).
+                            for args, _ in batch:
+                                pipe.execute_command("EVALSHA", self._enqueue.sha, 2,
+                                                     self.stream, self.scheduled, *args)
+                        else:
+                            for args, _ in batch:
+                                await self._enqueue(
+                                    keys=[self.stream, self.scheduled], args=args, client=pipe
+                                )
                         if self.wait_replicas:
                             self._add_wait(pipe)
                         results = await pipe.execute(raise_on_error=False)
