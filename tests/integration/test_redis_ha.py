@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from cli.servers import RedisCluster, RedisSentinel
+from cli.servers import RedisCluster, RedisSentinel, RedisServer
 from data_plane.delivery import Delivery
 from data_plane.dlq import DeadLetters
 from data_plane.idempotency import Idempotency
-from data_plane.queue import Backpressure, DeliveryQueue
+from data_plane.queue import Backpressure, DeliveryQueue, NotReplicated
 from data_plane.ratelimit import RateLimiter
 from data_plane.redis_connect import RedisClient, connect, parse_redis_url
 from data_plane.worker import REASON_PERMANENT, Worker
@@ -79,6 +79,22 @@ def test_redis_urls_name_their_mode() -> None:
                 "redis://nohost"):
         with pytest.raises(ValueError):
             parse_redis_url(bad)
+
+
+# --- WAIT ---------------------------------------------------------------------------------
+
+
+async def test_an_enqueue_no_replica_holds_is_not_confirmed(redis_server: RedisServer) -> None:
+    """WAIT is on the enqueue's connection: a master without replicas cannot confirm one."""
+    client = connect(redis_server.url)
+    stream = f"t:{{{uuid.uuid4().hex[:12]}}}:deliveries"
+    queue = DeliveryQueue(client, stream, wait_replicas=1, wait_timeout_ms=50)
+    with pytest.raises(NotReplicated):
+        await queue.enqueue(make_delivery(1))
+    assert await queue.depth() == 1  # written, just not confirmed: at worst a duplicate
+    assert await DeliveryQueue(client, stream).enqueue(make_delivery(2))
+    await queue.aclose()
+    await client.aclose()
 
 
 # --- Sentinel: kill the master under async load -------------------------------------------
