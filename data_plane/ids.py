@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import itertools
 import os
+import weakref
 
 
 class IdSource:
     def __init__(self) -> None:
+        self._reset()
+        # A forked worker must not repeat its parent's ids. Registered through a weak
+        # reference: the hook outlives the source, and must not keep it alive.
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            source = ref()
+            if source is not None:
+                source._reset()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _reset(self) -> None:
         self._prefix = os.urandom(8).hex()
-        self._pid = os.getpid()
         self._counter = itertools.count(1)
 
     def __call__(self) -> str:
-        if os.getpid() != self._pid:  # a forked worker must not repeat its parent's ids
-            self.__init__()  # type: ignore[misc]
         return f"{self._prefix}{next(self._counter):016x}"
-

@@ -51,7 +51,7 @@ _JSON_TOKENS = re.compile(rb'["{}\[\]\\]')
 _JSON_START = re.compile(rb"[ \t\r\n]*[\[{]")
 # A caller's X-Request-Id is kept only if it is short and cannot forge anything in a log line
 # or a header; otherwise the request gets a fresh one.
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _URL_SCHEMES = frozenset({"twilio", "api_key"})
 # Payload schema checks of larger bodies run in a worker thread (one thread hop costs ~50 us).
 _THREADED_CHECK_BYTES = 64 * 1024
@@ -128,14 +128,13 @@ class _Request:
     __slots__ = ("body", "compiled", "endpoint", "headers", "hook", "name", "ns", "rid",
                  "scope", "snap")  # fmt: skip
 
-    def __init__(self, scope: Scope, rid: str, snap: Snapshot) -> None:
-        self.scope, self.rid, self.snap = scope, rid, snap
+    def __init__(self, scope: Scope, headers: dict[str, str], rid: str, snap: Snapshot) -> None:
+        self.scope, self.headers, self.rid, self.snap = scope, headers, rid, snap
         self.ns = self.name = ""
         self.endpoint: Endpoint
         self.hook: Webhook
         self.compiled: CompiledWebhook
         self.body = b""
-        self.headers: dict[str, str] = {}
 
 
 class Ingest:
@@ -145,18 +144,22 @@ class Ingest:
         self.working = 0  # requests past their body read, not yet answered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = _request_id(scope) or self.host.ids()
+        # Read once: the request id, the declared length and the verifier all come from it.
+        headers = _headers(scope)
+        rid = _request_id(headers) or self.host.ids()
         token = request_id_var.set(rid)
         try:
-            await self._handle(scope, receive, send, rid)
+            await self._handle(scope, headers, receive, send, rid)
         finally:
             request_id_var.reset(token)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+    async def _handle(
+        self, scope: Scope, headers: dict[str, str], receive: Receive, send: Send, rid: str
+    ) -> None:
         t0 = time.perf_counter()
         snap = self.host.holder.current
         reply = _Reply(send, rid, snap.revision)
-        req = _Request(scope, rid, snap)
+        req = _Request(scope, headers, rid, snap)
         try:
             self._admit(scope)
             self._lookup(req)
@@ -211,7 +214,7 @@ class Ingest:
 
     async def _read_body(self, req: _Request, receive: Receive) -> None:
         limit = req.hook.spec.limits.max_body_bytes
-        declared = _header(req.scope, b"content-length")
+        declared = req.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             # The body stays unread: close rather than leave it to be read and thrown away.
             raise _Refused(413, f"body over {limit} bytes", "too_large", req.ns, extra=[_CLOSE])
@@ -225,8 +228,7 @@ class Ingest:
         req.body = body
 
     def _verify(self, req: _Request) -> Answer | None:
-        scope, verify = req.scope, req.hook.spec.verify
-        headers = req.headers = _headers(scope)
+        scope, verify, headers = req.scope, req.hook.spec.verify, req.headers
         inbound = Inbound(
             method="POST",
             # Only these sign (or carry a key in) the URL: skip building it for everyone else.
@@ -406,18 +408,12 @@ async def _read_rest(receive: Receive, first: Mapping[str, Any], limit: int) -> 
         message = await receive()
 
 
-def _request_id(scope: Scope) -> str | None:
-    for k, v in scope["headers"]:
-        if k == b"x-request-id":
-            return v.decode("ascii") if _REQUEST_ID.fullmatch(v) else None
-    return None
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for k, v in scope["headers"]:
-        if k == name:
-            return str(v.decode("latin-1"))
-    return None
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("x-request-id")
+    if value is None:
+        return None
+    first = value.partition(", ")[0]  # the first one, if the header came more than once
+    return first if _REQUEST_ID.fullmatch(first) else None
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -221,7 +221,8 @@ class DeliveryQueue:
         self._retry_later = redis.register_script(_RETRY_LATER)
         self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._move_due = redis.register_script(_MOVE_DUE)
-        self._batch: list[tuple[bytes, asyncio.Future[Any]]] = []
+        # (packed delivery, its caller's future, the loop time its caller gives up at)
+        self._batch: list[tuple[bytes, asyncio.Future[Any], float]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def enqueue(self, delivery: Delivery) -> str:
@@ -233,14 +234,16 @@ class DeliveryQueue:
 
         Concurrent calls are group-committed: while one pipeline is in flight the next calls
         gather, and go out together in the next one. Each caller still waits for its own
-        entry's reply, so nothing is acknowledged before Redis has it.
+        entry's reply, so nothing is acknowledged before Redis has it. The caller's
+        `timeout_s` is enforced by the flusher, one timer per pipeline rather than one per
+        caller: each pipeline ends by the deadline of the oldest entry in it.
         """
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._batch.append((_pack(delivery.to_fields()), waiter))
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self._batch.append((_pack(delivery.to_fields()), waiter, loop.time() + self.timeout_s))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="enqueue flusher")
-        async with asyncio.timeout(self.timeout_s):
-            result = await waiter
+        result = await waiter
         if isinstance(result, int):
             raise Backpressure(result, self.max_backlog, self.retry_after_s)
         return _text(result)
@@ -250,14 +253,15 @@ class DeliveryQueue:
         while self._batch:
             batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
             try:
-                async with asyncio.timeout(self.timeout_s):
+                # Entries go in order, so the first one's deadline is the earliest.
+                async with asyncio.timeout_at(batch[0][2]):
                     async with self.redis.pipeline(transaction=False) as pipe:
                         # A plain EVALSHA, not the Script object: redis-py would precede every
                         # pipeline with a SCRIPT EXISTS round trip (and refuses Script objects
                         # in cluster pipelines). NOSCRIPT is handled below.
                         pipe.execute_command("EVALSHA", self._enqueue.sha, 2, self.stream,
                                              self.scheduled, self.max_backlog,
-                                             *(packed for packed, _ in batch))
+                                             *(entry[0] for entry in batch))
                         if self.wait_replicas:
                             self._add_wait(pipe)
                         replies = await pipe.execute(raise_on_error=False)
@@ -277,7 +281,7 @@ class DeliveryQueue:
                     results = [r for r in results if not isinstance(r, NoScriptError)]
             except Exception as exc:
                 results = [exc] * len(batch)
-            for (_, waiter), result in zip(batch, results, strict=True):
+            for (_, waiter, _), result in zip(batch, results, strict=True):
                 if waiter.done():  # its caller gave up (timeout, cancel)
                     continue
                 if isinstance(result, BaseException):
@@ -298,7 +302,7 @@ class DeliveryQueue:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        for _, waiter in self._batch:
+        for _, waiter, _ in self._batch:
             if not waiter.done():
                 waiter.set_exception(ConnectionError("queue closed"))
         self._batch.clear()

@@ -113,6 +113,10 @@ async def until_async(check: Callable[[], Awaitable[object]], timeout: float = 5
         await asyncio.sleep(0.02)
 
 
+async def _is_zero(depth: Awaitable[int]) -> bool:
+    return await depth == 0
+
+
 # --- delivering ---------------------------------------------------------------------------
 
 
@@ -239,6 +243,8 @@ async def test_backpressure_over_the_bound_drops_nothing(
     dest = Recorder()
     async with running(worker(client, stream, dest)):
         await until(lambda: len(dest.delivered) == 5)
+        # Delivered is not yet settled: the backlog shrinks with each ack, just after.
+        await until_async(lambda: _is_zero(queue.depth()))
         late = make_delivery(100)
         await queue.enqueue(late)  # room again once drained
         await until(lambda: late.id in dest.delivered)
