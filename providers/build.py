@@ -201,9 +201,10 @@ def build_snapshot(
     for key, raw, exc in planned.failed:
         _fail(key, raw, exc, entries, errors, indexes)
     memo: dict[str, str] = {}  # resolved references, for this build only
+    made = reference_fields.Memo()  # and the models they make, likewise
     for p in planned.prepared:
         try:
-            _build_one(p, entries, errors, batch.full, memo, resolve, indexes)
+            _build_one(p, entries, errors, batch.full, memo, made, resolve, indexes)
         except Exception as exc:  # as in `plan`: one document, never the whole config
             log.exception("unexpected error building %s", p.key)
             _fail(p.key, p.raw, Failed(f"cannot be built ({type(exc).__name__})"), entries,
@@ -224,7 +225,8 @@ def build_snapshot(
     return snapshot
 
 
-def _resolved(p: Prepared, memo: dict[str, str], resolve: Callable[[Ref], str]) -> AnyResource:
+def _resolved(p: Prepared, memo: dict[str, str], made: reference_fields.Memo,
+              resolve: Callable[[Ref], str]) -> AnyResource:
     if not p.sites:
         return p.resource
 
@@ -235,7 +237,8 @@ def _resolved(p: Prepared, memo: dict[str, str], resolve: Callable[[Ref], str]) 
         return value
 
     try:
-        return reference_fields.resolve(p.resource, render, p.sites)  # type: ignore[no-any-return]
+        return reference_fields.resolve(  # type: ignore[no-any-return]
+            p.resource, render, p.sites, made)
     except ReferenceError_ as exc:
         raise Failed(str(exc), retryable=bool(p.vault_paths)) from None
     except reference_fields.InvalidAfterResolving as exc:
@@ -244,10 +247,10 @@ def _resolved(p: Prepared, memo: dict[str, str], resolve: Callable[[Ref], str]) 
 
 def _build_one(
     p: Prepared, entries: Entries, errors: Errors, full: bool, memo: dict[str, str],
-    resolve: Callable[[Ref], str], indexes: Indexes,
+    made: reference_fields.Memo, resolve: Callable[[Ref], str], indexes: Indexes,
 ) -> None:
     try:
-        resource = _resolved(p, memo, resolve)
+        resource = _resolved(p, memo, made, resolve)
         actual = key_of(resource)
         if actual != p.key:
             raise Failed(f"document is {actual} but is stored as {p.key}")

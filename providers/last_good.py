@@ -1,7 +1,18 @@
 """The last good config on local disk, so a gateway can start and serve while its store is down.
 
 Only unresolved documents are written (references intact): secrets never touch this file.
-Writes go to a temporary file renamed over the old one, so a crash leaves the previous version.
+
+The file is a base and a journal. `write` replaces the whole file with every document (a
+temporary file renamed over the old one, so a crash leaves the previous version); `append` adds
+one revision's changes to its end, closed by a commit line, so the cost of saving a change is
+the change's, not the config's: at a million webhooks a full rewrite takes seconds, every time.
+A crash in the middle of an append leaves changes without their commit line, which `read`
+ignores: it returns the last revision whose commit line it found.
+
+    {"format": ..., "revision": R0, "source": ..., "docs": N}   header: N base documents follow
+    {"key": [kind, namespace, name], "doc": {...}}               N times
+    {"key": [...], "doc": {...}} | {"key": [...], "deleted": true}   changes of a revision
+    {"revision": R1}                                             its commit line
 """
 
 from __future__ import annotations
@@ -27,27 +38,49 @@ def default_state_dir(env: dict[str, str] | None = None) -> Path:
     return Path(base) / "whplane"
 
 
+def _line(key: ResourceKey, raw: RawDoc | None) -> str:
+    if raw is None:
+        return f'{{"key":{json.dumps(list(key))},"deleted":true}}\n'
+    doc = raw.decode() if isinstance(raw, bytes) else json.dumps(raw)
+    return f'{{"key":{json.dumps(list(key))},"doc":{doc}}}\n'
+
+
 class LastGood:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Changes appended since the last full write: past about the base's size, a rewrite
+        # is cheaper to read back than the journal.
+        self.journal_lines = 0
+        self.base_docs = 0
 
     def write(self, revision: int, docs: Iterable[tuple[ResourceKey, RawDoc]], source: str) -> None:
         """Replace the file with these documents (blocking: run it off the event loop)."""
+        docs = list(docs)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".last-good-", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps({"format": FORMAT, "revision": revision, "source": source}))
+                f.write(json.dumps({"format": FORMAT, "revision": revision, "source": source,
+                                    "docs": len(docs)}))
                 f.write("\n")
-                for key, raw in docs:
-                    doc = raw.decode() if isinstance(raw, bytes) else json.dumps(raw)
-                    f.write(f'{{"key":{json.dumps(list(key))},"doc":{doc}}}\n')
+                f.writelines(_line(key, raw) for key, raw in docs)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self.journal_lines, self.base_docs = 0, len(docs)
+
+    def append(self, revision: int, changes: Iterable[tuple[ResourceKey, RawDoc | None]]) -> None:
+        """Add one revision's changes (None: deleted) to a file `write` made (blocking)."""
+        lines = [_line(key, raw) for key, raw in changes]
+        lines.append(f'{{"revision":{int(revision)}}}\n')
+        with self.path.open("a", encoding="utf-8") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        self.journal_lines += len(lines)
 
     def read(self, source: str) -> ChangeBatch | None:
         """The saved config as a full batch, or None if there is none for this source."""
@@ -62,13 +95,33 @@ class LastGood:
                         "ignoring %s: saved from %s, not %s", self.path, header["source"], source
                     )
                     return None
+                revision = int(header["revision"])
+                base = header.get("docs")  # absent: a file of base documents only
                 puts: dict[ResourceKey, Any] = {}
-                for line in f:
-                    item = json.loads(line)
-                    puts[ResourceKey(*item["key"])] = item["doc"]
+                pending: list[dict[str, Any]] = []
+                for n, line in enumerate(f):
+                    try:
+                        item = json.loads(line)
+                    except ValueError:
+                        if base is not None and n >= base:
+                            break  # a torn append: its revision never committed
+                        raise
+                    if base is None or n < base:
+                        puts[ResourceKey(*item["key"])] = item["doc"]
+                    elif "key" in item:
+                        pending.append(item)
+                    else:
+                        for change in pending:
+                            key = ResourceKey(*change["key"])
+                            if change.get("deleted"):
+                                puts.pop(key, None)
+                            else:
+                                puts[key] = change["doc"]
+                        pending.clear()
+                        revision = int(item["revision"])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable last good config %s: %s", self.path, exc)
             return None
-        return ChangeBatch(revision=int(header["revision"]), puts=puts, full=True)
+        return ChangeBatch(revision=revision, puts=puts, full=True)

@@ -106,30 +106,50 @@ class Site:
 def locate(resource: Any) -> list[Site]:
     """Every referable string in `resource` that holds a reference."""
     out: list[Site] = []
-    _locate(resource, (), "", out)
+    _locate(resource, [], out)
     return out
 
 
-def _locate(obj: Any, steps: tuple[str | int, ...], path: str, out: list[Site]) -> None:
+Trail = list[tuple[str | int, str | int]]
+
+
+def _site(trail: Trail, text: str) -> Site:
+    """The site at the end of `trail`: (step, name in the document; an int for an index)."""
+    path = ""
+    for _step, name in trail:
+        if isinstance(name, int):
+            path = f"{path}[{name}]"
+        else:
+            path = f"{path}.{name}" if path else name
+    return Site(tuple(step for step, _name in trail), path, text)
+
+
+def _locate(obj: Any, trail: Trail, out: list[Site]) -> None:
+    # Called for every model of every resource at load: the trail (attribute, name in the
+    # document) is a stack, turned into a Site's steps and path only where a reference is.
     for attr, name, shape in _plan_of(type(obj)):  # type: ignore[arg-type]
         value = getattr(obj, attr)
         if value is None:
             continue
-        here = f"{path}.{name}" if path else name
-        at = (*steps, attr)
+        trail.append((attr, name))
         if shape == "str":
-            if has_refs(value):
-                out.append(Site(at, here, value))
-        elif shape == "seq":
-            out.extend(Site((*at, i), f"{here}[{i}]", v) for i, v in enumerate(value)
-                       if has_refs(v))
-        elif shape == "map":
-            out.extend(Site((*at, k), f"{here}.{k}", v) for k, v in value.items() if has_refs(v))
+            if "{$" in value or "<$vault:" in value:
+                out.append(_site(trail, value))
+        elif shape == "seq" or shape == "map":
+            items = enumerate(value) if shape == "seq" else value.items()
+            for k, v in items:
+                if "{$" in v or "<$vault:" in v:
+                    trail.append((k, k))
+                    out.append(_site(trail, v))
+                    trail.pop()
         elif isinstance(value, tuple):
             for i, item in enumerate(value):
-                _locate(item, (*at, i), f"{here}[{i}]", out)
+                trail.append((i, i))
+                _locate(item, trail, out)
+                trail.pop()
         else:
-            _locate(value, at, here, out)
+            _locate(value, trail, out)
+        trail.pop()
 
 
 def sites(resource: Any) -> list[tuple[str, str]]:
@@ -142,28 +162,41 @@ def refs(resource: Any) -> list[Ref]:
     return [r for site in locate(resource) for r in parse(site.text).refs]
 
 
+@dataclass(slots=True)
+class Memo:
+    """What one build has resolved and validated already. It holds resolved values: it must
+    never outlive the build."""
+
+    # (model class, attribute, resolved value) -> the value as validated: a thousand webhooks
+    # verified with one secret validate it once.
+    checked: dict[tuple[type, str, Any], Any] = dataclasses.field(default_factory=dict)
+
+
+
 def resolve(resource: Any, render: Callable[[str], str],
-            located: Sequence[Site] | None = None) -> Any:
+            located: Sequence[Site] | None = None, memo: Memo | None = None) -> Any:
     """A copy of `resource` with the text of every site passed through `render`.
 
     `located` is `locate(resource)`, when the caller has it already. Only the models on the way
     to a site are copied; everything else is shared. The model that holds a resolved field gets
     that field validated like a written one (a URL must still be a URL); errors name the field.
+    `memo` remembers, across the resources of one build, what was resolved and validated.
     """
     if located is None:
         located = locate(resource)
     if not located:
         return resource
-    return _rebuild(resource, [(site.steps, site) for site in located], render)
+    return _rebuild(resource, [(site.steps, site) for site in located], render,
+                    Memo() if memo is None else memo)
 
 
 def _rebuild(obj: Any, items: list[tuple[tuple[str | int, ...], Site]],
-             render: Callable[[str], str]) -> Any:
+             render: Callable[[str], str], memo: Memo) -> Any:
     groups: dict[str, list[tuple[tuple[str | int, ...], Site]]] = {}
     for steps, site in items:
         groups.setdefault(str(steps[0]), []).append((steps[1:], site))
     cls: type = type(obj)
-    shapes = {attr: shape for attr, _name, shape in _plan_of(cls)}
+    shapes = _shapes(cls)
     changes: dict[str, Any] = {}
     leaf = False
     for attr, sub in groups.items():
@@ -183,10 +216,10 @@ def _rebuild(obj: Any, items: list[tuple[tuple[str | int, ...], Site]],
             by_index: dict[int, list[tuple[tuple[str | int, ...], Site]]] = {}
             for rest, site in sub:
                 by_index.setdefault(int(rest[0]), []).append((rest[1:], site))
-            changes[attr] = tuple(_rebuild(v, by_index[i], render) if i in by_index else v
-                                  for i, v in enumerate(value))
+            changes[attr] = tuple(_rebuild(v, by_index[i], render, memo) if i in by_index
+                                  else v for i, v in enumerate(value))
         else:
-            changes[attr] = _rebuild(value, sub, render)
+            changes[attr] = _rebuild(value, sub, render, memo)
         leaf = leaf or shape != "nested"
     if leaf:
         checks = _field_checks(cls)
@@ -195,17 +228,34 @@ def _rebuild(obj: Any, items: list[tuple[tuple[str | int, ...], Site]],
                 return dataclasses.replace(obj, **changes)
             for attr, check in checks.items():
                 if attr in changes:
-                    changes[attr] = check.validate_python(changes[attr])
+                    changes[attr] = _check(cls, attr, check, changes[attr], memo.checked)
         except ValidationError:
             # Name the fields, never the values: they are resolved secrets now.
             fields = sorted({site.path for sub in groups.values() for _rest, site in sub})
             raise InvalidAfterResolving(", ".join(fields)) from None
     copied: Any = object.__new__(cls)
-    for attr in _slots(cls):
+    for attr in slots(cls):
         # Frozen models: setting on a copy nobody else holds yet is safe.
         object.__setattr__(copied, attr, changes[attr] if attr in changes
                            else getattr(obj, attr))
     return copied
+
+
+def _check(cls: type, attr: str, check: TypeAdapter[Any], value: Any,
+           checked: dict[tuple[type, str, Any], Any]) -> Any:
+    # A mapping (headers) is not hashable: validated each time, like before.
+    if not isinstance(value, str | tuple):
+        return check.validate_python(value)
+    key = (cls, attr, value)
+    found = checked.get(key, checked)
+    if found is checked:
+        found = checked[key] = check.validate_python(value)
+    return found
+
+
+@cache
+def _shapes(cls: type) -> dict[str, Shape]:
+    return {attr: shape for attr, _name, shape in _plan_of(cls)}
 
 
 def _render(site: Site, render: Callable[[str], str]) -> str:
@@ -240,7 +290,7 @@ def _field_checks(cls: type) -> dict[str, TypeAdapter[Any]] | None:
 
 
 @cache
-def _slots(cls: type) -> tuple[str, ...]:
+def slots(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
