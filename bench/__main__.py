@@ -23,11 +23,14 @@ from bench.goals import Verdict, line_verdicts, ratio_verdicts
 HERE = Path(__file__).parent
 SECTIONS = [
     ("Config layer (etcd, 100k webhooks in 10k namespaces)", "bench.config_layer"),
+    ("Gateway process at scale (etcd, 100k webhooks; 1M with WH_BENCH_MILLION=1)", "bench.million"),
     ("Control plane (etcd, apply and rollout)", "bench.control_plane"),
     ("Apply sizes on a stock etcd (1 to 10,000 resources)", "bench.apply_sizes"),
     ("Canary (three gateways: stock etcd, directory store)", "bench.canary"),
     ("Delivery modules (async, one worker process: rabbitmq, postgres, nats, http)",
      "bench.modules"),
+    ("Relay (gateway -> Redis -> whplane connect -> local receiver; ws, sse, poll)",
+     "bench.relay"),
 ]
 
 
