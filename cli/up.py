@@ -39,6 +39,7 @@ EXAMPLE_SECRETS = {
     "acme/github": {"webhook_secret": "local-github-secret"},
     "acme/stripe": {"signing_secret": "whsec_local_stripe_secret"},
     "acme/api": {"token": "local-dev-token"},
+    "acme/relay": {"token": "local-relay-token"},
     "globex/github": {"webhook_secret": "local-globex-secret",
                       "previous_secret": "local-globex-previous"},
 }
@@ -220,6 +221,19 @@ class Stack:
             line(f"  {stripe_curl(gw_urls[0])}")
         else:
             line("(acme/stripe-events delivers asynchronously: start with --redis to try it)")
+        if self.use_redis:
+            # A file, not an argument: a token on a command line shows in the process list.
+            relay_token = self.data_dir / "relay-token"
+            relay_token.write_text(EXAMPLE_SECRETS["acme/relay"]["token"])
+            relay_token.chmod(0o600)
+            line("Pull the relay channel acme/dev to a local URL (docs/relay.md), then send the "
+                 "GitHub curl above to /webhook/acme/github-relay:")
+            line(f"  {shlex.quote(str(_venv_bin('whplane')))} connect --gateway {gw_urls[0]} "
+                 f"--namespace acme --channel dev --forward http://127.0.0.1:3000/hook "
+                 f"--token-file {shlex.quote(str(relay_token))}")
+        else:
+            line("(acme/github-relay relays to a machine nobody can reach: start with --redis "
+                 "to try it)")
         if self.vault_env:
             line("Use OpenBao (the bao and vault CLIs read these):")
             line("  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.vault_env.items()))

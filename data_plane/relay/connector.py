@@ -258,15 +258,15 @@ class Connector:
                 answer = await self.http.post(s.url("ack"), json=body, headers=self._auth())
                 _check(answer)
 
-            async def settle(acks: list[str], nacks: list[dict[str, str]]) -> None:
-                await post({"type": "ack", "ids": acks, "nacks": nacks})
+            acker = _Acker(lambda acks, nacks: post({"type": "ack", "ids": acks,
+                                                      "nacks": nacks}))
 
             async def beat() -> None:
                 while True:
                     await asyncio.sleep(s.heartbeat_s)
                     await post({"type": "heartbeat"})
 
-            await _race(read(), self._forward_all(inbox, settle), beat())
+            await _race(read(), self._forward_all(inbox, acker.add), acker.run(), beat())
 
     async def _sse_item(self, item: Any, inbox: Inbox, hello: asyncio.Future[str]) -> None:
         if isinstance(item, Event):
@@ -285,6 +285,18 @@ class Connector:
     async def _poll(self) -> None:
         s = self.settings
         session = secrets.token_hex(8)
+
+        async def post(acks: list[str], nacks: list[dict[str, str]]) -> None:
+            answer = await self.http.post(
+                s.url("ack"), headers=self._auth(),
+                json={"type": "ack", "session": session, "ids": acks, "nacks": nacks})
+            _check(answer)
+
+        acker = _Acker(post)
+        await _race(self._poll_loop(session, acker), acker.run())
+
+    async def _poll_loop(self, session: str, acker: _Acker) -> None:
+        s = self.settings
         timeout = httpx.Timeout(s.connect_timeout_s,
                                 read=s.poll_wait_s + MISSED_HEARTBEATS * s.heartbeat_s)
         params: dict[str, str | int] = {"session": session, "max": s.window,
@@ -297,19 +309,12 @@ class Connector:
             if first:
                 self._connected("long poll")
                 first = False
-            acks: list[str] = []
-            nacks: list[dict[str, str]] = []
             for message in response.json()["messages"]:
                 error = await self.forward(message)
                 if error is None:
-                    acks.append(message["id"])
+                    await acker.add([message["id"]], [])
                 else:
-                    nacks.append({"id": message["id"], "error": error})
-            if acks or nacks:
-                answer = await self.http.post(
-                    s.url("ack"), headers=self._auth(),
-                    json={"type": "ack", "session": session, "ids": acks, "nacks": nacks})
-                _check(answer)
+                    await acker.add([], [{"id": message["id"], "error": error}])
 
     # -- shared ---------------------------------------------------------------------------
 
@@ -324,6 +329,32 @@ class Connector:
         self.stats.connections += 1
         log.info("connected to %s over %s: forwarding %s/%s to %s", self.settings.gateway, how,
                  self.settings.namespace, self.settings.channel, self.settings.forward)
+
+
+class _Acker:
+    """Acks and nacks posted in the background, batched, so that forwarding the next message
+    never waits for the gateway to answer the last ack (SSE and long poll)."""
+
+    def __init__(self, post: Callable[[list[str], list[dict[str, str]]], Awaitable[None]]
+                 ) -> None:
+        self._post = post
+        self._acks: list[str] = []  # bounded by the window: nothing more is unacknowledged
+        self._nacks: list[dict[str, str]] = []
+        self._wake = asyncio.Event()
+
+    async def add(self, acks: list[str], nacks: list[dict[str, str]]) -> None:
+        self._acks.extend(acks)
+        self._nacks.extend(nacks)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._acks or self._nacks:
+                acks, self._acks = self._acks[:ACK_BATCH], self._acks[ACK_BATCH:]
+                nacks, self._nacks = self._nacks[:ACK_BATCH], self._nacks[ACK_BATCH:]
+                await self._post(acks, nacks)
 
 
 class Inbox:

@@ -52,6 +52,9 @@ class Session:
         ns, name = self.channel.namespace, self.channel.name
         deadline = time.monotonic() + wait_s
         while True:
+            # Cleared before the take, not after: an ack landing during it must still wake
+            # the wait below.
+            self._settled.clear()
             free, taken = await self.store.take(ns, name, self.consumer, self.window,
                                                 self.visibility_s)
             if taken:
@@ -67,7 +70,6 @@ class Session:
                 if taken:
                     return taken
             else:
-                self._settled.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(left, self.block_s)):
                         await self._settled.wait()

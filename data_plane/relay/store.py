@@ -33,13 +33,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT
 
 from data_plane import redis_keys as keys
 from data_plane.delivery import Delivery
 from data_plane.metrics import RelayMetrics
+from data_plane.redis_connect import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class RelayStore:
     can only cause a duplicate delivery, never a loss.
     """
 
-    def __init__(self, redis: aioredis.Redis, metrics: RelayMetrics | None = None, *,
+    def __init__(self, redis: RedisClient, metrics: RelayMetrics | None = None, *,
                  timeout_s: float = 5.0,
                  dead_letters_maxlen: int = DEAD_LETTERS_MAXLEN) -> None:
         self.redis = redis
