@@ -167,7 +167,7 @@ def test_examples_are_served(gateways: list[GatewayProcess], tmp_path: Path) -> 
             "x-hub-signature-256": github_signature("local-github-secret", body)})
         assert r.status_code == 200, r.text
         status = c.get(f"{gw.url}/status").json()
-    assert status["namespaces"] == {"acme": 5, "globex": 1}, status
+    assert status["namespaces"] == {"acme": 6, "globex": 1}, status
     assert status["errors"] == {}
     assert (tmp_path / "acme-github.jsonl").exists()
 

@@ -120,7 +120,7 @@ def apply_answer(*changes: tuple[str, str, str | None, str], revision: int = 7,
 def test_validate_examples_ok() -> None:
     result = run(None, "validate", "-f", str(EXAMPLES))
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "22 resource(s) valid"
+    assert result.stdout.strip() == "23 resource(s) valid"
 
 
 def test_validate_reports_every_error_with_location_and_field(tmp_path: Path) -> None:
