@@ -218,8 +218,6 @@ CHANNEL_HELP = "a relay channel's dead letters (with -n): messages its connector
 
 def _dead_letters(redis_url: str | None, namespace: str | None = None,
                   channel: str | None = None) -> Any:
-    from redis.asyncio import from_url
-
     from data_plane import redis_keys
     from data_plane.dlq import DeadLetters
     from providers.model import NAME_RE
@@ -228,7 +226,13 @@ def _dead_letters(redis_url: str | None, namespace: str | None = None,
     if not url:
         err.print("[red]error:[/] needs Redis: --redis-url or WH_REDIS_URL")
         raise typer.Exit(2)
-    redis = from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    from data_plane.redis_connect import connect
+
+    try:
+        redis = connect(url)  # redis://, rediss://, Sentinel or Cluster, as the gateway reads it
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     if channel is None:
         return DeadLetters(redis)
     if namespace is None or not NAME_RE.match(namespace) or not NAME_RE.match(channel):

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import httpcore
 import httpx
@@ -54,6 +54,9 @@ from data_plane.module_metrics import ModuleMetrics
 from data_plane.ssrf import GuardedBackend, Resolver, resolve_allowed
 from providers.resources import GLOBAL, HttpConnectionSpec, RedisConnectionSpec
 from providers.snapshot import Endpoint
+
+if TYPE_CHECKING:
+    from data_plane.relay.store import RelayStore
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,9 @@ class Clients:
         self._guard = ssrf_backend if ssrf_backend is not None else GuardedBackend()
         self._resolver = resolver  # of the non-HTTP modules' guard; None: the system's
         self._http: dict[tuple[bool, bool], httpx.AsyncClient] = {}
+        # The gateway's own relay buffers (data_plane/relay): `relay` steps write there, not
+        # to a Connection; the gateway sets it when it has Redis.
+        self.relay_store: RelayStore | None = None
         self._slots: OrderedDict[tuple[str, int], asyncio.Semaphore] = OrderedDict()
         self._max_destinations = max_destinations
         self._redis: OrderedDict[tuple[str, str | None, str | None, float], aioredis.Redis] = (

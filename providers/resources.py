@@ -255,7 +255,12 @@ def secret_fields(resource: AnyResource) -> dict[str, str]:
     if isinstance(resource, Webhook):
         v = resource.spec.verify
         secrets = getattr(v, "secret", ())
-        return {f"spec.verify.secret[{i}]": s for i, s in enumerate(secrets)}
+        out = {f"spec.verify.secret[{i}]": s for i, s in enumerate(secrets)}
+        for i, step in enumerate(resource.spec.chain.steps):
+            step_secrets = getattr(step, "secret_fields", None)
+            if step_secrets is not None:  # e.g. a relay step's channel token
+                out.update({f"spec.chain.steps[{i}].{k}": s for k, s in step_secrets().items()})
+        return out
     if isinstance(resource, Connection):
         return {f"spec.{k}": s for k, s in resource.spec.secret_fields().items()}
     return {}

@@ -31,7 +31,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT
@@ -40,6 +40,9 @@ from data_plane import redis_keys as keys
 from data_plane.delivery import Delivery
 from data_plane.metrics import RelayMetrics
 from data_plane.redis_connect import RedisClient
+
+if TYPE_CHECKING:
+    from data_plane.clients import Clients
 
 log = logging.getLogger(__name__)
 
@@ -172,21 +175,17 @@ def _taken(entry_id: Any, fields: Any, failures: Any) -> Taken | None:
         return None
 
 
-def attach(clients: object, store: RelayStore | None) -> None:
+def attach(clients: Clients, store: RelayStore | None) -> None:
     """Make `store` the destination of the `relay` steps run with `clients`.
 
-    Modules receive only the process's `Clients`; the relay writes to the gateway's own
-    Redis, which `Clients` does not hold, so the store rides along on it under this one name.
+    Modules receive only the process's `Clients`; the relay writes to the gateway's own Redis,
+    so the store travels on `Clients.relay_store`.
     """
-    setattr(clients, _ATTRIBUTE, store)
+    clients.relay_store = store
 
 
-def attached(clients: object) -> RelayStore | None:
-    store = getattr(clients, _ATTRIBUTE, None)
-    return store if isinstance(store, RelayStore) else None
-
-
-_ATTRIBUTE = "relay_store"
+def attached(clients: Clients) -> RelayStore | None:
+    return clients.relay_store
 
 
 class RelayStore:
