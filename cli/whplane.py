@@ -16,7 +16,8 @@ from rich.console import Console
 
 from cli.connect import connect
 
-app = typer.Typer(help="Start whplane servers.", no_args_is_help=True)
+# Plain click help, as whctl's: rich's panels cut option names at 80 columns.
+app = typer.Typer(help="Start whplane servers.", no_args_is_help=True, rich_markup_mode=None)
 app.command("connect")(connect)
 err = Console(stderr=True)
 CONFIG_HELP = "file:PATH | etcd://HOST:PORT[,...]/PREFIX | vault://MOUNT/PATH [env WH_CONFIG]"
@@ -209,6 +210,7 @@ def up(
 
 
 dlq = typer.Typer(help="List and replay dead-lettered deliveries (needs WH_REDIS_URL).",
+                  rich_markup_mode=None,
                   no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
 
