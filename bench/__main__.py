@@ -31,6 +31,7 @@ SECTIONS = [
      "bench.modules"),
     ("Relay (gateway -> Redis -> whplane connect -> local receiver; ws, sse, poll)",
      "bench.relay"),
+    ("Sustained async (gateway + one `whplane worker` process)", "bench.sustained"),
 ]
 
 
