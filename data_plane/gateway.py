@@ -36,6 +36,7 @@ from providers.secret_cache import SecretCache
 from providers.vault_client import VaultClient, VaultSettings
 
 log = logging.getLogger(__name__)
+LOAD_TIMEOUT_S = 120.0
 
 
 class Gateway:
@@ -137,7 +138,10 @@ class Gateway:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self.holder.run(self.provider), name="config"))
+        # Each page of a full read has its own deadline (a dead store fails fast, and the last
+        # good config serves); the whole read of a million resources takes longer than 10 s.
+        self._tasks.append(asyncio.create_task(
+            self.holder.run(self.provider, load_timeout_s=LOAD_TIMEOUT_S), name="config"))
         if self.worker is not None:
             self._tasks.append(asyncio.create_task(self._run_worker(), name="worker"))
         if self.redis is not None:
