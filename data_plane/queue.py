@@ -240,7 +240,7 @@ class DeliveryQueue:
         """
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
-        self._batch.append((_pack(delivery.to_fields()), waiter, loop.time() + self.timeout_s))
+        self._batch.append((delivery.to_packed(), waiter, loop.time() + self.timeout_s))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="enqueue flusher")
         result = await waiter
