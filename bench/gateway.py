@@ -1,10 +1,13 @@
 """Ingest throughput: the gateway against the floor (a bare ASGI app doing the same HMAC check),
 one uvicorn worker each, GitHub-signed requests driven by wrk on loopback.
 
-    python -m bench.gateway [--seconds 10] [--connections 32]
+    python -m bench.gateway [--seconds 10] [--connections 32] [--rounds 3]
 
 Prints requests/s and p50/p99 latency for: floor, gateway sync `log`, gateway async
-`redis_stream` (202 once in Redis; the delivery worker runs in another process).
+`redis_stream` (202 once in Redis; the delivery worker runs in another process). The three run
+in turn, `--rounds` times, and each figure is the median of its rounds: on a shared machine
+the load moves within seconds, and a floor measured at a quiet moment against a gateway
+measured at a busy one would make a ratio of the noise.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,9 +64,25 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def run_wrk(name: str, url: str, script: Path, seconds: int, connections: int) -> Result:
+def warm_up(url: str, script: Path, connections: int) -> None:
     subprocess.run(["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(script), url],
-                   capture_output=True, check=True)  # warm-up
+                   capture_output=True, check=True)
+
+
+def median(runs: list[Result]) -> Result:
+    def mid(values: list[float]) -> float:
+        return statistics.median(values)
+
+    return Result(runs[0].name, mid([r.rps for r in runs]), mid([r.p50_ms for r in runs]),
+                  mid([r.p99_ms for r in runs]), sum(r.non2xx for r in runs))
+
+
+def run_wrk(name: str, url: str, script: Path, seconds: int, connections: int) -> Result:
+    warm_up(url, script, connections)
+    return measure(name, url, script, seconds, connections)
+
+
+def measure(name: str, url: str, script: Path, seconds: int, connections: int) -> Result:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
@@ -110,33 +130,35 @@ def config(tmp: Path, redis_url: str) -> Path:
     return d
 
 
-def main(seconds: int, connections: int) -> list[Result]:
+def main(seconds: int, connections: int, rounds: int = 3) -> list[Result]:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     tmp = Path(tempfile.mkdtemp(prefix="whplane-bench-"))
     script = tmp / "post.lua"
     lua_script(script)
-    results: list[Result] = []
     with RedisServer() as redis:
         floor_port = free_port()
         floor = start_floor(floor_port)
+        env = {"BENCH_SECRET": SECRET, "WH_LOG_LEVEL": "warning", "WH_REDIS_URL": redis.url,
+               "WH_DELIVERY_WORKER": "false", "WH_MAX_BACKLOG": "100000000"}
         try:
-            results.append(run_wrk("floor (bare ASGI + HMAC)", f"http://127.0.0.1:{floor_port}/",
-                                   script, seconds, connections))
+            with GatewayProcess(f"file:{config(tmp, redis.url)}", env) as gw:
+                targets = [("floor (bare ASGI + HMAC)", f"http://127.0.0.1:{floor_port}/"),
+                           ("gateway sync log", f"{gw.url}/webhook/bench/sync-log"),
+                           ("gateway async redis_stream", f"{gw.url}/webhook/bench/async-stream")]
+                for _, url in targets:
+                    warm_up(url, script, connections)
+                runs: dict[str, list[Result]] = {name: [] for name, _ in targets}
+                for _ in range(rounds):
+                    for name, url in targets:
+                        runs[name].append(measure(name, url, script, seconds, connections))
         finally:
             floor.terminate()
             floor.wait()
-        env = {"BENCH_SECRET": SECRET, "WH_LOG_LEVEL": "warning", "WH_REDIS_URL": redis.url,
-               "WH_DELIVERY_WORKER": "false", "WH_MAX_BACKLOG": "10000000"}
-        with GatewayProcess(f"file:{config(tmp, redis.url)}", env) as gw:
-            results.append(run_wrk("gateway sync log", f"{gw.url}/webhook/bench/sync-log",
-                                   script, seconds, connections))
-            results.append(run_wrk("gateway async redis_stream",
-                                   f"{gw.url}/webhook/bench/async-stream", script, seconds,
-                                   connections))
+    results = [median(r) for r in runs.values()]
     floor_rps = results[0].rps
     print(f"# ingest: wrk -t1 -c{connections} -d{seconds}s, {len(BODY)} B GitHub-signed bodies, "
-          "one uvicorn worker each")
+          f"one uvicorn worker each; medians of {rounds} rounds run in turn")
     print(f"{'':32} {'req/s':>9} {'x floor':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for r in results:
         print(f"{r.name:32} {r.rps:9.0f} {r.rps / floor_rps:8.2f} {r.p50_ms:8.2f} "
@@ -149,5 +171,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    main(args.seconds, args.connections)
+    main(args.seconds, args.connections, args.rounds)
