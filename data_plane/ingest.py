@@ -300,7 +300,7 @@ class Ingest:
             await self._enqueue(req, delivery, dedupe_key)
             host.metrics.request(ns, "queued")
             host.metrics.took("async", time.perf_counter() - t0)
-            await reply.body(202, b'{"id":"%s"}' % delivery.id.encode())
+            await reply.body(202, b'{"id":"%s","status":"queued"}' % delivery.id.encode())
             return
 
         result = await run_chain(req.endpoint, delivery, host.clients)

@@ -11,6 +11,7 @@ from typing import Any
 
 from cli.processes import ControlPlaneProcess, GatewayProcess
 from cli.servers import EtcdServer
+from providers.last_good import LastGood
 from scenarios._kit import Story, json_list, revision_of, run, wait_for
 
 CONFIG = Path(__file__).parent / "config"
@@ -117,8 +118,12 @@ def _last_good(state_dir: Path, revision: int) -> tuple[Path, int] | None:
     """(file, number of resources) once the gateway's last good file holds `revision`."""
     for path in state_dir.glob("last-good-*.jsonl"):
         lines = path.read_text().splitlines()
-        if lines and json.loads(lines[0]).get("revision") == revision:
-            return path, len(lines) - 1
+        if not lines:
+            continue
+        # Read back the way a restarting gateway does: the base and its committed journal.
+        saved = LastGood(path).read(json.loads(lines[0]).get("source", ""))
+        if saved is not None and saved.revision == revision:
+            return path, len(saved.puts)
     return None
 
 
