@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-from cli.servers.ports import LOOPBACK, free_port
-from cli.servers.process import START_TIMEOUT, ServerProcess, find_binary
+from cli.servers.ports import LOOPBACK
+from cli.servers.process import PortServer, find_binary
 
 # STOMP 1.1: coilmq accepts a 1.2 CONNECT only when its host header is the machine's FQDN.
 _CONNECT = b"CONNECT\naccept-version:1.1\nhost:/\n\n\x00"
@@ -31,7 +29,7 @@ main()
 """
 
 
-class CoilmqServer(ServerProcess):
+class CoilmqServer(PortServer):
     """``coilmq`` (from the coilmq wheel), a STOMP 1.0-1.2 broker without authentication.
 
     A STOMP 1.2 client must send the machine's FQDN (``socket.getfqdn()``) as its ``host``
@@ -41,17 +39,6 @@ class CoilmqServer(ServerProcess):
     kind = "coilmq"
     binary = "coilmq"
 
-    def __init__(
-        self,
-        port: int | None = None,
-        *,
-        extra_args: Sequence[str] = (),
-        base_dir: Path | None = None,
-        start_timeout: float = START_TIMEOUT,
-    ) -> None:
-        super().__init__("coilmq", base_dir, start_timeout)
-        self.port = port if port is not None else free_port()
-        self.extra_args = tuple(extra_args)
 
     @property
     def url(self) -> str:

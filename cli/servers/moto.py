@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
-from cli.servers.ports import LOOPBACK, free_port
-from cli.servers.process import START_TIMEOUT, ServerProcess, child_env, find_binary, http_json
+from cli.servers.ports import LOOPBACK
+from cli.servers.process import PortServer, child_env, find_binary, http_json
 
 REGION = "us-east-1"
 
 
-class MotoServer(ServerProcess):
+class MotoServer(PortServer):
     """``moto_server`` (from the moto[server] wheel). Everything is in memory: a restart, or
     ``reset()``, gives empty buckets and queues."""
 
     kind = "moto"
     binary = "moto_server"
 
-    def __init__(
-        self,
-        port: int | None = None,
-        *,
-        extra_args: Sequence[str] = (),
-        base_dir: Path | None = None,
-        start_timeout: float = START_TIMEOUT,
-    ) -> None:
-        super().__init__("moto", base_dir, start_timeout)
-        self.port = port if port is not None else free_port()
-        self.extra_args = tuple(extra_args)
 
     @property
     def url(self) -> str:

@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from cli.servers import registry
 from cli.servers.errors import BinaryNotFoundError, ServerStartError
-from cli.servers.ports import LOOPBACK
+from cli.servers.ports import LOOPBACK, free_port
 
 log = logging.getLogger(__name__)
 
@@ -266,3 +267,19 @@ class ServerProcess:
             proc.wait()
         registry.unregister(proc)
         self._proc = None
+
+
+class PortServer(ServerProcess):
+    """A server on one loopback port, started with optional extra arguments."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        base_dir: Path | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        super().__init__(self.kind, base_dir, start_timeout)
+        self.port = port if port is not None else free_port()
+        self.extra_args = tuple(extra_args)

@@ -12,12 +12,11 @@ import shutil
 import socket
 import stat
 import struct
-from collections.abc import Sequence
 from pathlib import Path
 
 from cli.servers.errors import BinaryNotFoundError
-from cli.servers.ports import LOOPBACK, free_port
-from cli.servers.process import START_TIMEOUT, ServerProcess, child_env
+from cli.servers.ports import LOOPBACK
+from cli.servers.process import PortServer, child_env
 
 # ApiVersions v0 with correlation id 1 and no client id: the cheapest request every Kafka
 # broker answers, so a reply means the broker really speaks Kafka, not just that a port is open.
@@ -50,23 +49,12 @@ def tansu_binary(work_dir: Path) -> str:
     )
 
 
-class TansuBroker(ServerProcess):
+class TansuBroker(PortServer):
     """One tansu broker with the in-memory storage engine: a restart loses every topic."""
 
     kind = "tansu"
     binary = "tansu"
 
-    def __init__(
-        self,
-        port: int | None = None,
-        *,
-        extra_args: Sequence[str] = (),
-        base_dir: Path | None = None,
-        start_timeout: float = START_TIMEOUT,
-    ) -> None:
-        super().__init__("tansu", base_dir, start_timeout)
-        self.port = port if port is not None else free_port()
-        self.extra_args = tuple(extra_args)
 
     @property
     def bootstrap(self) -> str:
