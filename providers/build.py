@@ -124,7 +124,7 @@ def prepare(key: ResourceKey, raw: RawDoc, revision: int) -> Prepared:
         in_sites = sum(reference_fields.count_in_text(site.text) for site in sites)
         # Every reference opener in the text sits in a field that takes references: the common
         # case, decided without parsing. Otherwise look closer.
-        if reference_fields.count_in_text(raw.decode("utf-8", "replace")) != in_sites:
+        if reference_fields.count_in_text(raw) != in_sites:
             doc = parse_bytes(raw)
     if doc is not None:
         misplaced = sandbox.problems(doc, resource)

@@ -314,6 +314,8 @@ def misplaced(doc: Any, allowed: set[str], path: str = "") -> Iterator[str]:
             yield from misplaced(v, allowed, f"{path}[{i}]")
 
 
-def count_in_text(text: str) -> int:
-    """How many references the JSON text of a document holds, as an upper bound check."""
+def count_in_text(text: str | bytes) -> int:
+    """How many reference openers a text holds (its raw UTF-8 bytes count the same)."""
+    if isinstance(text, bytes):
+        return text.count(b"{$") + text.count(b"<$vault:")
     return text.count("{$") + text.count("<$vault:")
