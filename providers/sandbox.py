@@ -19,6 +19,7 @@ Two sets of rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -104,9 +105,14 @@ def tenant_problems(doc: Mapping[str, Any], namespace: str) -> list[Problem]:
             if module == "file":
                 out.append(Problem(where, "the file module writes the gateways' disks and is "
                                           "for the admin"))
+            if module == "redis_rq":
+                out.append(Problem(where, "redis_rq names a function the admin's RQ workers "
+                                          "run: for the admin"))
             for field, separator in _NAMED_BY_STEP.get(str(module), ()):
                 name = config.get(field)
                 prefix = f"{namespace}{separator}"
+                if isinstance(name, str) and module == "stomp":
+                    name = _STOMP_KIND.sub("", name, count=1)
                 if isinstance(name, str) and name and not name.startswith(prefix):
                     out.append(Problem(f"{where}.config.{field}",
                                        f"names of namespace {namespace!r} start with "
@@ -125,7 +131,13 @@ _NAMED_BY_STEP: dict[str, tuple[tuple[str, str], ...]] = {
     "postgres": (("table", "_"),),
     "mysql": (("table", "_"),),
     "nats": (("subject", "."),),
+    "kafka": (("topic", "."),),
+    "mqtt": (("topic", "/"),),
+    "stomp": (("destination", "."),),  # after its /queue/, /topic/, ... part
+    "clickhouse": (("table", "_"),),
 }
+# The kind part of a STOMP destination (ActiveMQ, RabbitMQ), before the name it confines.
+_STOMP_KIND = re.compile(r"^/(queue|topic|exchange|amq/queue|temp-queue|temp-topic)/")
 
 
 def stamp(doc: Mapping[str, Any], sandboxed: bool) -> dict[str, Any]:

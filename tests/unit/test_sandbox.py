@@ -174,6 +174,19 @@ def test_tenant_rules() -> None:
     assert "private addresses" in tenant(conn)[0]
     redis = {**conn, "spec": {"type": "redis", "url": "redis://10.0.0.1"}}
     assert "Redis connections" in tenant(redis)[0]
+    for module, config, field in [
+        ("kafka", {"topic": "beta.orders"}, "topic"),
+        ("mqtt", {"topic": "beta/orders"}, "topic"),
+        ("stomp", {"destination": "/queue/beta.orders"}, "destination"),
+        ("clickhouse", {"table": "beta_events"}, "table"),
+    ]:
+        step = {"module": module, "connection": "shared", "config": config}
+        assert f"config.{field}" in tenant(webhook([step]))[0], module
+    ok = [{"module": "stomp", "connection": "s", "config": {"destination": "/topic/alpha.x"}},
+          {"module": "mqtt", "connection": "m", "config": {"topic": "alpha/x"}}]
+    assert tenant(webhook(ok)) == []
+    rq = {"module": "redis_rq", "connection": "r", "config": {"queue": "alpha", "function": "f.g"}}
+    assert "RQ workers" in tenant(webhook([rq]))[0]
     kafka = {**conn, "spec": {"type": "kafka", "url": "kafka://kafka.example:9092"}}
     assert "Kafka connections" in tenant(kafka)[0]
     elsewhere = {**webhook(), "metadata": {"name": "w", "namespace": "beta"}}
