@@ -46,7 +46,8 @@ class RawNats:
         while (line := self._line()) != b"PONG":
             if line == b"PING":  # the server checks on us when we were quiet for a while
                 self.sock.sendall(b"PONG\r\n")
-            elif line != b"+OK":
+            # A server may send INFO at any time (2.15 does right after CONNECT; 2.9 did not).
+            elif line != b"+OK" and not line.startswith(b"INFO "):
                 raise AssertionError(f"unexpected {line!r}")
 
     def request(self, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +74,7 @@ class RawNats:
                 head, total = int(fields[-2]), int(fields[-1])
                 data = self._exactly(total + 2)[:-2]
                 return fields[1].decode(), _headers(data[:head]), data[head:]
-            if fields[0] != b"+OK":
+            if fields[0] not in (b"+OK", b"INFO"):
                 raise AssertionError(f"unexpected {line!r}")
 
     def close(self) -> None:
