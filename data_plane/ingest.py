@@ -243,7 +243,7 @@ class Ingest:
         try:
             return req.compiled.verifier(inbound)
         except VerifyFailed as exc:
-            self.host.metrics.verify_failures.labels(req.ns, verify.scheme).inc()
+            self.host.metrics.verify_failures.inc(req.ns, verify.scheme)
             log.info("verification failed for %s/%s: %s", req.ns, req.name, exc.reason)
             raise _Refused(401, "verification failed", "unauthorized", req.ns) from None
 

@@ -9,12 +9,13 @@ read when scraped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from data_plane.tally import Counts, TallyCollector, Timings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -66,60 +67,46 @@ class _LabelledProbe(Collector):
 @dataclass
 class GatewayMetrics:
     registry: CollectorRegistry
-    requests: Counter
-    verify_failures: Counter
-    deliveries: Counter
-    duration: Histogram
-    # Labelled children, looked up once: `labels()` costs more than the increment itself.
-    # Bounded: namespaces come from the config ("_unknown" for everything else).
-    _children: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    # Plain numbers (data_plane/tally.py): recorded several times per webhook. Labels are
+    # bounded: namespaces come from the config ("_unknown" for everything else).
+    requests: Counts
+    verify_failures: Counts
+    deliveries: Counts
+    duration: Timings
     # Every webhook request and those in ERROR_OUTCOMES since the process started: the
     # `stats` of the registration record.
     requests_total: int = 0
     errors_total: int = 0
 
     def request(self, namespace: str, outcome: str) -> None:
-        self._child(self.requests, namespace, outcome).inc()
+        self.requests.inc(namespace, outcome)
         self.requests_total += 1
         if outcome in ERROR_OUTCOMES:
             self.errors_total += 1
 
     def delivery(self, namespace: str, mode: str, result: str) -> None:
-        self._child(self.deliveries, namespace, mode, result).inc()
+        self.deliveries.inc(namespace, mode, result)
 
     def took(self, mode: str, seconds: float) -> None:
-        self._child(self.duration, mode).observe(seconds)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self.duration.observe(seconds, mode)
 
     @classmethod
     def create(cls, gauges: Probes, counters: Probes | None = None) -> GatewayMetrics:
         reg = CollectorRegistry(auto_describe=True)
         m = cls(
             registry=reg,
-            requests=Counter(
-                "whplane_webhook_requests", "Webhook requests by namespace and outcome",
-                ["namespace", "outcome"], registry=reg,
-            ),
-            verify_failures=Counter(
-                "whplane_verification_failures", "Requests refused by verification",
-                ["namespace", "scheme"], registry=reg,
-            ),
-            deliveries=Counter(
-                "whplane_deliveries", "Deliveries by namespace, mode and result",
-                ["namespace", "mode", "result"], registry=reg,
-            ),
-            duration=Histogram(
+            requests=Counts("whplane_webhook_requests",
+                            "Webhook requests by namespace and outcome", ["namespace", "outcome"]),
+            verify_failures=Counts("whplane_verification_failures",
+                                   "Requests refused by verification", ["namespace", "scheme"]),
+            deliveries=Counts("whplane_deliveries", "Deliveries by namespace, mode and result",
+                              ["namespace", "mode", "result"]),
+            duration=Timings(
                 "whplane_webhook_duration_seconds", "Time to answer a webhook", ["mode"],
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-                registry=reg,
             ),
         )  # fmt: skip
+        reg.register(TallyCollector((m.requests, m.verify_failures, m.deliveries, m.duration)))
         reg.register(_Probe(gauges, counters or {}))
         return m
 

@@ -12,13 +12,12 @@ code, connections by `Circuits.max_size`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from data_plane.circuit import Circuits, State
+from data_plane.tally import Counts, Timings
 
 STATE_VALUE = {State.CLOSED: 0.0, State.HALF_OPEN: 1.0, State.OPEN: 2.0}
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -27,34 +26,20 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class ModuleMetrics(Collector):
     def __init__(self, circuits: Circuits) -> None:
         self._circuits = circuits
-        # Unregistered: they are collected through this object, in whichever registry takes it.
-        self.deliveries = Counter(
-            "whplane_module_deliveries", "Delivery steps by module and result",
-            ["module", "result"], registry=None,
-        )  # fmt: skip
-        self.duration = Histogram(
-            "whplane_module_delivery_duration_seconds", "Time of a delivery step, by module",
-            ["module"], buckets=_BUCKETS, registry=None,
-        )  # fmt: skip
-        # `labels()` costs more than the increment: children looked up once per label set.
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self.deliveries = Counts("whplane_module_deliveries",
+                                 "Delivery steps by module and result", ["module", "result"])
+        self.duration = Timings("whplane_module_delivery_duration_seconds",
+                                "Time of a delivery step, by module", ["module"], _BUCKETS)
 
     def step(self, module: str, result: str, seconds: float | None) -> None:
         """Record one step; `seconds` is None for a step that did not run (circuit open)."""
-        key = (module, result)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.deliveries.labels(module, result)
-        child.inc()
+        self.deliveries.inc(module, result)
         if seconds is not None:
-            timer = self._children.get((module,))
-            if timer is None:
-                timer = self._children[(module,)] = self.duration.labels(module)
-            timer.observe(seconds)
+            self.duration.observe(seconds, module)
 
     def collect(self) -> Iterable[Metric]:
-        yield from self.deliveries.collect()
-        yield from self.duration.collect()
+        yield self.deliveries.family()
+        yield self.duration.family()
         family = GaugeMetricFamily(
             "whplane_circuit_state",
             "Circuit breaker of each Connection: 0 closed, 1 half-open (probing), 2 open",
