@@ -184,8 +184,15 @@ class Ingest:
             self.host.metrics.request(req.ns, "challenge")
             await reply.raw(answer)
             return
-        await self._limit(req)
-        await self._check_payload(req)
+        # Each stage awaits only when it has something to wait for: a coroutine per stage
+        # costs as much as a stage's checks.
+        limits, namespace = req.hook.spec.limits, req.endpoint.namespace
+        if limits.rate_per_second is not None or (
+            namespace is not None and namespace.spec.limits.rate_per_second is not None
+        ):
+            await self._limit(req)
+        if self._payload_needs_check(req):
+            await self._check_payload(req)
         await self._deliver(req, reply, t0)
 
     # -- stages -------------------------------------------------------------------------------
@@ -249,18 +256,20 @@ class Ingest:
 
     async def _limit(self, req: _Request) -> None:
         hook, namespace = req.hook, req.endpoint.namespace
-        if hook.spec.limits.rate_per_second is None and (
-            namespace is None or namespace.spec.limits.rate_per_second is None
-        ):
-            return
         retry_after = await self.host.rate_limited(req.ns, req.name, hook, namespace)
         if retry_after is not None:
             raise _Refused(429, "rate limit exceeded", "rate_limited", req.ns,
                            retry_after=retry_after)
 
+    @staticmethod
+    def _payload_needs_check(req: _Request) -> bool:
+        # Counting openers is the cheap test: no deeper than their number, no need to look.
+        body = req.body
+        return (req.compiled.payload_check is not None
+                or body.count(b"{") + body.count(b"[") > req.hook.spec.limits.max_json_depth)
+
     async def _check_payload(self, req: _Request) -> None:
         depth, body = req.hook.spec.limits.max_json_depth, req.body
-        # Counting openers is the cheap test: no deeper than their number, no need to look.
         if body.count(b"{") + body.count(b"[") > depth and _looks_like_json(
             req.headers.get("content-type"), body
         ) and _too_deep(body, depth):
