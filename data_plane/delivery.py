@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 # The names of to_fields(), in its order, each with its length: see to_packed.
 _PACKED = b"".join(b"%d:%s%%d:%%s" % (len(name), name) for name in (
     b"id", b"namespace", b"webhook", b"body", b"headers", b"revision", b"received_at",
@@ -33,7 +35,7 @@ class Delivery:
             "namespace": self.namespace.encode(),
             "webhook": self.webhook.encode(),
             "body": self.body,
-            "headers": json.dumps(dict(self.headers)).encode(),
+            "headers": _headers_json(self.headers),
             "revision": str(self.revision).encode(),
             "received_at": repr(self.received_at).encode(),
             "attempt": str(self.attempt).encode(),
@@ -44,7 +46,7 @@ class Delivery:
         """`to_fields()` as the queue's scripts read it, "<len>:<bytes>" per name and value
         (data_plane/queue.py): one formatting step, as it is done once per async request."""
         values = (self.id.encode(), self.namespace.encode(), self.webhook.encode(), self.body,
-                  json.dumps(dict(self.headers)).encode(), str(self.revision).encode(),
+                  _headers_json(self.headers), str(self.revision).encode(),
                   repr(self.received_at).encode(), str(self.attempt).encode(),
                   self.request_id.encode())
         return _PACKED % tuple(x for v in values for x in (len(v), v))
@@ -66,3 +68,8 @@ class Delivery:
     def next_attempt(self) -> Delivery:
         return Delivery(self.namespace, self.webhook, self.body, self.headers, self.revision,
                         self.id, self.received_at, self.attempt + 1, self.request_id)
+
+
+def _headers_json(headers: Mapping[str, str]) -> bytes:
+    # orjson: the standard library's encoder costs more than the rest of an enqueue together.
+    return orjson.dumps(headers if type(headers) is dict else dict(headers))
