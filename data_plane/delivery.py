@@ -3,7 +3,6 @@ worker pass around. Serialised to flat string fields for Redis streams."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -58,7 +57,7 @@ class Delivery:
             namespace=fields[b"namespace"].decode(),
             webhook=fields[b"webhook"].decode(),
             body=fields[b"body"],
-            headers=json.loads(fields[b"headers"]),
+            headers=orjson.loads(fields[b"headers"]),
             revision=int(fields[b"revision"]),
             received_at=float(fields[b"received_at"]),
             attempt=int(fields.get(b"attempt", b"0")),

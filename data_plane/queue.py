@@ -77,9 +77,10 @@ return out
 
 _DEPTH = "return redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])"
 
+# ARGV[1] is the group, every further argument an entry id: the acks of a group commit.
 _ACK = """
-local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+local n = redis.call('XACK', KEYS[1], unpack(ARGV))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
 return n
 """
 
@@ -224,6 +225,9 @@ class DeliveryQueue:
         # (packed delivery, its caller's future, the loop time its caller gives up at)
         self._batch: list[tuple[bytes, asyncio.Future[Any], float]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # (group, entry id, its caller's future): acks waiting for the next group commit
+        self._acks: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._ack_flusher: asyncio.Task[None] | None = None
 
     async def enqueue(self, delivery: Delivery) -> str:
         """Append the delivery; returns its entry id once Redis has applied the write.
@@ -298,14 +302,18 @@ class DeliveryQueue:
         pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms, **target)
 
     async def aclose(self) -> None:
-        """Stop the flusher; callers still waiting get an error (not queued, they answer 5xx)."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        for _, waiter, _ in self._batch:
+        """Stop the flushers; callers still waiting get an error (an enqueue: not queued, they
+        answer 5xx; an ack: the entry stays pending, to be reclaimed)."""
+        for flusher in (self._flusher, self._ack_flusher):
+            if flusher is not None:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+        waiters = [w for _, w, _ in self._batch] + [w for _, _, w in self._acks]
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(ConnectionError("queue closed"))
         self._batch.clear()
+        self._acks.clear()
 
     async def depth(self) -> int:
         """Deliveries accepted and not yet settled: new, in flight and scheduled for retry."""
@@ -353,8 +361,40 @@ class DeliveryQueue:
             await self.redis.xclaim(self.stream, group, consumer, 0, ids, justid=True)
 
     async def ack(self, group: str, entry_id: str) -> None:
+        """Settle a delivered entry; returns once Redis has applied it.
+
+        Group-committed like enqueues: the acks that arrive while one script call is in
+        flight go out together in the next, one round trip for all of them. A round trip per
+        ack was most of what a worker spent per delivery.
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks.append((group, entry_id, waiter))
+        if self._ack_flusher is None or self._ack_flusher.done():
+            self._ack_flusher = asyncio.create_task(self._flush_acks(), name="ack flusher")
         async with asyncio.timeout(self.timeout_s):
-            await self._ack(keys=[self.stream], args=[group, entry_id])
+            await waiter
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks[:MAX_BATCH], self._acks[MAX_BATCH:]
+            groups: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
+            for group, entry_id, waiter in batch:
+                groups.setdefault(group, []).append((entry_id, waiter))
+            for group, entries in groups.items():
+                error: BaseException | None = None
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        await self._ack(keys=[self.stream],
+                                        args=[group, *(entry_id for entry_id, _ in entries)])
+                except Exception as exc:
+                    error = exc
+                for _, waiter in entries:
+                    if waiter.done():  # its caller gave up (timeout, cancel)
+                        continue
+                    if error is None:
+                        waiter.set_result(None)
+                    else:
+                        waiter.set_exception(error)
 
     async def retry_later(
         self, group: str, entry_id: str, delivery: Delivery, delay_s: float

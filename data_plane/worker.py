@@ -160,6 +160,7 @@ class Worker:
         finally:
             for task in (*self._loops, *self._tasks.values()):
                 task.cancel()
+            await self.queue.aclose()  # its ack flusher: acks not sent leave entries pending
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop picking up entries, give in-flight deliveries `timeout` seconds, cancel the
@@ -180,6 +181,7 @@ class Worker:
             cancelled = len(pending)
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+        await self.queue.aclose()
         s = self.stats
         log.info(
             "worker %s stopped after %.1fs: delivered=%d retried=%d dead_lettered=%d failed=%d "
