@@ -38,6 +38,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from data_plane import redis_keys as keys
 from data_plane.delivery import Delivery
 from data_plane.dlq import DLQ_MAXLEN, dead_letter_fields
+from data_plane.redis_batch import fail_waiters
 from data_plane.redis_connect import RedisClient
 
 Entry = tuple[str, dict[bytes, bytes] | None]  # fields are None for an entry deleted while pending
@@ -283,6 +284,9 @@ class DeliveryQueue:
                     self._batch[:0] = [b for b, r in pairs if isinstance(r, NoScriptError)]
                     batch = [b for b, r in pairs if not isinstance(r, NoScriptError)]
                     results = [r for r in results if not isinstance(r, NoScriptError)]
+            except asyncio.CancelledError:  # closing: the batch is not known to be queued
+                fail_waiters([waiter for _, waiter, _ in batch], ConnectionError("queue closed"))
+                raise
             except Exception as exc:
                 results = [exc] * len(batch)
             for (_, waiter, _), result in zip(batch, results, strict=True):
@@ -308,10 +312,8 @@ class DeliveryQueue:
             if flusher is not None:
                 flusher.cancel()
                 await asyncio.gather(flusher, return_exceptions=True)
-        waiters = [w for _, w, _ in self._batch] + [w for _, _, w in self._acks]
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(ConnectionError("queue closed"))
+        fail_waiters([w for _, w, _ in self._batch] + [w for _, _, w in self._acks],
+              ConnectionError("queue closed"))
         self._batch.clear()
         self._acks.clear()
 
@@ -386,6 +388,9 @@ class DeliveryQueue:
                     async with asyncio.timeout(self.timeout_s):
                         await self._ack(keys=[self.stream],
                                         args=[group, *(entry_id for entry_id, _ in entries)])
+                except asyncio.CancelledError:  # closing: left pending, to be reclaimed
+                    fail_waiters([w for _, _, w in batch], ConnectionError("queue closed"))
+                    raise
                 except Exception as exc:
                     error = exc
                 for _, waiter in entries:
