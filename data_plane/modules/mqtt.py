@@ -56,10 +56,10 @@ async def run(step: MqttStep, endpoint: Endpoint, delivery: Delivery, clients: C
                             destination=conn.destination) from None
     except aiomqtt.MqttCodeError as exc:
         clients.discard(_KIND, conn)
-        # Refused credentials or authorization will not pass by retrying.
-        refused = _refused(exc.rc)
-        raise DeliveryError(f"MQTT broker refused: {_code(exc.rc)}", destination=conn.destination,
-                            retryable=not refused) from None
+        # Refused credentials or authorization will not pass by retrying; a lost connection will.
+        refused = _refused(exc)
+        raise DeliveryError(f"MQTT {'broker refused' if refused else 'error'}: {_code(exc.rc)}",
+                            destination=conn.destination, retryable=not refused) from None
     except (aiomqtt.MqttError, OSError) as exc:
         clients.discard(_KIND, conn)
         raise DeliveryError(f"MQTT {type(exc).__name__}", destination=conn.destination) from None
@@ -114,12 +114,26 @@ async def _close(client: Any) -> None:
         pass
 
 
-def _refused(rc: Any) -> bool:
-    value = getattr(rc, "value", rc)
-    # MQTT 3.1.1 CONNACK 4 and 5, MQTT 5 reason codes 0x86 (bad credentials), 0x87 (not
-    # authorized), 0x8C (bad authentication method), 0x90 (topic name invalid).
-    return value in (4, 5, 0x86, 0x87, 0x8C, 0x90)
+def _refused(exc: Any) -> bool:
+    """Whether the broker refused us for good. Its answers are a refused CONNACK (MQTT 3.1.1
+    codes 4 and 5) or an MQTT 5 reason code: 0x86 (bad credentials), 0x87 (not authorized),
+    0x8C (bad authentication method), 0x90 (topic name invalid). Anything else carries one of
+    paho's own error numbers, whose 4 is MQTT_ERR_NO_CONN (a publish on a lost connection, the
+    broker down), not CONNACK's 4: of those only an authorization failure is final."""
+    from aiomqtt.exceptions import MqttConnectError
+    from paho.mqtt.enums import MQTTErrorCode
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    rc = exc.rc
+    if isinstance(rc, ReasonCode) or (isinstance(exc, MqttConnectError)
+                                      and not isinstance(rc, MQTTErrorCode)):
+        return getattr(rc, "value", rc) in (4, 5, 0x86, 0x87, 0x8C, 0x90)
+    return rc in (MQTTErrorCode.MQTT_ERR_AUTH, MQTTErrorCode.MQTT_ERR_ACL_DENIED)
 
 
 def _code(rc: Any) -> str:
-    return str(getattr(rc, "getName", lambda: rc)())
+    """A reason code's name, or paho's error name and number (its str() is the bare number)."""
+    if hasattr(rc, "getName"):
+        return str(rc.getName())
+    name = getattr(rc, "name", None)
+    return f"{name} ({int(rc)})" if name else str(rc)

@@ -92,6 +92,26 @@ async def test_broker_down_is_retryable_and_names_the_connection() -> None:
     assert str(caught.value).startswith("mqtt:acme/dest: ")
 
 
+def test_only_the_brokers_refusals_are_final() -> None:
+    from aiomqtt import MqttCodeError
+    from aiomqtt.exceptions import MqttConnectError
+    from paho.mqtt.enums import MQTTErrorCode
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from data_plane.modules.mqtt import _refused
+
+    # paho's 4 is MQTT_ERR_NO_CONN (a publish on a connection the broker dropped), not
+    # CONNACK's 4 (bad user name or password).
+    assert not _refused(MqttCodeError(MQTTErrorCode.MQTT_ERR_NO_CONN, "Could not publish"))
+    assert not _refused(MqttCodeError(MQTTErrorCode.MQTT_ERR_CONN_LOST, "Could not publish"))
+    assert _refused(MqttCodeError(MQTTErrorCode.MQTT_ERR_AUTH, "Could not publish"))
+    assert _refused(MqttConnectError(4)) and _refused(MqttConnectError(5))
+    assert not _refused(MqttConnectError(3))  # server unavailable
+    assert _refused(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=0x86)))
+    assert not _refused(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=0x88)))
+
+
 def test_through_a_gateway_sync_and_502_when_down(tmp_path: Path, mqtt_url: str, topic: str,
                                                   subscriber: Subscriber) -> None:
     docs = [
