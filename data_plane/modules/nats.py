@@ -100,7 +100,11 @@ async def _connect(spec: NatsConnectionSpec, targets: tuple[Target, ...]) -> Any
         name="whplane",
         connect_timeout=max(1, int(spec.timeout_s)),
         allow_reconnect=False,  # see the module doc: only checked addresses are dialled
-        max_reconnect_attempts=0,
+        # While connecting, nats-py's 0 means "never give up on a server": a server that
+        # refuses would be dialled again every reconnect_time_wait until the step timed out.
+        # 1 with no wait: each server is tried twice, at once, then NoServersError.
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0,
         dont_randomize=True,
         error_cb=_ignore,
         **options,

@@ -177,6 +177,8 @@ async def test_down_is_retryable_and_never_shows_the_token() -> None:
     assert caught.value.retryable, caught.value
     assert str(caught.value).startswith("nats:acme/dest: ")
     assert "s3cret-token" not in str(caught.value)
+    # A server that refuses is given up on, not dialled again until the step times out.
+    assert "NoServersError" in str(caught.value), caught.value
 
 
 async def test_loopback_refused_without_allow_private(nats_url: str) -> None:
