@@ -51,7 +51,7 @@ from redis.backoff import NoBackoff
 from data_plane.circuit import Circuits
 from data_plane.errors import DeliveryError, SsrfBlocked, destination_of
 from data_plane.module_metrics import ModuleMetrics
-from data_plane.redis_batch import CommandBatcher
+from data_plane.redis_batch import StreamAppender
 from data_plane.ssrf import GuardedBackend, Resolver, resolve_allowed
 from providers.resources import GLOBAL, HttpConnectionSpec, RedisConnectionSpec
 from providers.snapshot import Endpoint
@@ -128,7 +128,7 @@ class Clients:
         self._redis: OrderedDict[tuple[str, str | None, str | None, float], aioredis.Redis] = (
             OrderedDict()
         )
-        self._batchers: dict[tuple[str, str | None, str | None, float], CommandBatcher] = {}
+        self._appenders: dict[tuple[str, str | None, str | None, float], StreamAppender] = {}
         self._max_redis = max_redis_clients
         self._redis_pool_size = redis_pool_size
         self._retiring: set[asyncio.Task[None]] = set()
@@ -199,23 +199,23 @@ class Clients:
         client = self._redis[key] = aioredis.Redis.from_pool(pool)
         if len(self._redis) > self._max_redis:
             evicted_key, evicted = self._redis.popitem(last=False)
-            batcher = self._batchers.pop(evicted_key, None)
+            appender = self._appenders.pop(evicted_key, None)
             # Long enough for a command it already started: pool wait + connect + reply.
-            self._retire(evicted, grace_s=3 * evicted_key[3], batcher=batcher)
+            self._retire(evicted, grace_s=3 * evicted_key[3], appender=appender)
         return client
 
-    def redis_batched(self, spec: RedisConnectionSpec) -> CommandBatcher:
-        """Commands to the shared client for `spec`, group-committed (data_plane/redis_batch)."""
+    def stream_appender(self, spec: RedisConnectionSpec) -> StreamAppender:
+        """Stream appends to the shared client for `spec`, group-committed (redis_batch.py)."""
         client = self.redis(spec)
         key = (spec.url, spec.username, spec.password, spec.timeout_s)
-        batcher = self._batchers.get(key)
-        if batcher is None or batcher.client is not client:
-            batcher = self._batchers[key] = CommandBatcher(client, spec.timeout_s)
-        return batcher
+        appender = self._appenders.get(key)
+        if appender is None or appender.client is not client:
+            appender = self._appenders[key] = StreamAppender(client, spec.timeout_s)
+        return appender
 
     def _retire(self, client: aioredis.Redis, grace_s: float,
-                batcher: CommandBatcher | None = None) -> None:
-        self._later(_close_later(client, grace_s, batcher))
+                appender: StreamAppender | None = None) -> None:
+        self._later(_close_later(client, grace_s, appender))
 
     def _later(self, closing: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(closing)
@@ -337,12 +337,12 @@ class Clients:
         self._closed = True
         http, self._http = list(self._http.values()), {}
         rds, self._redis = list(self._redis.values()), OrderedDict()
-        batchers, self._batchers = list(self._batchers.values()), {}
+        appenders, self._appenders = list(self._appenders.values()), {}
         pooled, self._pooled = list(self._pooled.values()), OrderedDict()
         retiring, self._retiring = list(self._retiring), set()
         for task in retiring:
             task.cancel()  # _close_later closes its client right away when cancelled
-        await asyncio.gather(*(b.aclose() for b in batchers), return_exceptions=True)
+        await asyncio.gather(*(b.aclose() for b in appenders), return_exceptions=True)
         results = await asyncio.gather(
             *(c.aclose() for c in http),
             *(c.aclose() for c in rds),
@@ -367,13 +367,13 @@ class Clients:
 
 
 async def _close_later(client: aioredis.Redis, grace_s: float,
-                       batcher: CommandBatcher | None = None) -> None:
+                       appender: StreamAppender | None = None) -> None:
     try:
         await asyncio.sleep(grace_s)
     finally:
         with contextlib.suppress(Exception):
-            if batcher is not None:
-                await batcher.aclose()
+            if appender is not None:
+                await appender.aclose()
             await client.aclose()
 
 

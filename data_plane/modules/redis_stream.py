@@ -20,18 +20,18 @@ async def run(
     step: RedisStreamStep, endpoint: Endpoint, delivery: Delivery, clients: Clients
 ) -> None:
     spec, destination = connection_spec(step, endpoint, RedisConnectionSpec)
-    trim = () if step.config.maxlen is None else ("MAXLEN", "~", step.config.maxlen)
     headers = delivery.headers
+    fields = (
+        b"id", delivery.id.encode(),
+        b"namespace", delivery.namespace.encode(),
+        b"webhook", delivery.webhook.encode(),
+        b"body", delivery.body,
+        b"headers", orjson.dumps(headers if type(headers) is dict else dict(headers)),
+        b"received_at", repr(delivery.received_at).encode(),
+    )  # fmt: skip
     try:
         # Group-committed with the other deliveries' XADDs to this Redis: one round trip.
-        await clients.redis_batched(spec).call(
-            "XADD", step.config.stream, *trim, "*",
-            "id", delivery.id,
-            "namespace", delivery.namespace,
-            "webhook", delivery.webhook,
-            "body", delivery.body,
-            "headers", orjson.dumps(headers if type(headers) is dict else dict(headers)),
-            "received_at", repr(delivery.received_at),
-        )  # fmt: skip
+        await clients.stream_appender(spec).append(step.config.stream, step.config.maxlen,
+                                                   fields)
     except REDIS_ERRORS as exc:
         raise redis_failure(exc, destination) from None
