@@ -1,4 +1,5 @@
-"""`mqtt` against a real broker (Mosquitto on 1883, or MQTT_URL), read back with paho-mqtt."""
+"""`mqtt` against a real broker (Mosquitto on 1883, or MQTT_URL), read back with paho-mqtt.
+Through a real gateway process: test_modules_gateway.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import queue
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +15,7 @@ import pytest
 from cli.servers import free_port
 from data_plane.clients import Clients
 from data_plane.errors import DeliveryError, SsrfBlocked
-from tests.module_kit import Gateway, connection_doc, delivery, endpoint, run_step, webhook_doc
+from tests.module_kit import delivery, endpoint, run_step
 
 
 class Subscriber:
@@ -110,23 +110,3 @@ def test_only_the_brokers_refusals_are_final() -> None:
     assert not _refused(MqttConnectError(3))  # server unavailable
     assert _refused(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=0x86)))
     assert not _refused(MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=0x88)))
-
-
-def test_through_a_gateway_sync_and_502_when_down(tmp_path: Path, mqtt_url: str, topic: str,
-                                                  subscriber: Subscriber) -> None:
-    docs = [
-        connection_doc("broker", {"type": "mqtt", "url": mqtt_url, "allow_private": True}),
-        connection_doc("gone", {"type": "mqtt", "url": f"mqtt://127.0.0.1:{free_port()}",
-                                "allow_private": True, "timeout_s": 2}),
-        webhook_doc("to-mqtt", [{"module": "mqtt", "connection": "broker",
-                                 "config": {"topic": topic}}]),
-        webhook_doc("to-gone", [{"module": "mqtt", "connection": "gone",
-                                 "config": {"topic": topic}}]),
-    ]
-    with Gateway(tmp_path, docs) as gw:
-        answer = gw.post("to-mqtt", {"n": 1})
-        assert answer.status_code == 200, answer.text
-        message = subscriber.get()
-        assert message.payload == b'{"n": 1}'
-        assert dict(message.properties.UserProperty)["whplane-id"] == answer.json()["id"]
-        assert gw.post("to-gone", {"n": 2}).status_code == 502

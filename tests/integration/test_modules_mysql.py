@@ -1,6 +1,6 @@
 """`mysql` against a real MariaDB/MySQL (127.0.0.1:3306 root, database test, or MYSQL_URL),
 read back with PyMySQL: one row per delivery in a created table, retries that never add a row,
-failures classified, and the real gateway process (200, then 502 while the server is down)."""
+failures classified. Through a real gateway process: test_modules_gateway.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -18,8 +17,7 @@ import pytest
 from cli.servers import free_port
 from data_plane.clients import Clients
 from data_plane.errors import DeliveryError, SsrfBlocked
-from tests.module_kit import Gateway, connection_doc, delivery, endpoint, run_step, webhook_doc
-from tests.tcp_proxy import TcpProxy
+from tests.module_kit import delivery, endpoint, run_step
 
 
 def connect(url: str) -> Any:
@@ -92,24 +90,3 @@ async def test_loopback_refused_without_allow_private(mysql_url: str) -> None:
     async with Clients() as clients:
         with pytest.raises(SsrfBlocked):
             await run_step(ep, delivery(), clients)
-
-
-def test_gateway_sync_200_and_502_while_down(tmp_path: Path, mysql_url: str, table: str) -> None:
-    parts = urlsplit(mysql_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 3306) as proxy:
-        user = f"{parts.username}@" if parts.username else ""
-        docs = [
-            connection_doc("dest", {"type": "mysql", "allow_private": True, "timeout_s": 2,
-                                    "url": f"mysql://{user}{proxy.address}{parts.path}"}),
-            webhook_doc("to-mysql", [step(table)]),
-        ]
-        with Gateway(tmp_path, docs) as gw:
-            answer = gw.post("to-mysql", {"order": 1})
-            assert answer.status_code == 200, answer.text
-            [(row_id, *_, payload)] = rows(mysql_url, table)
-            assert (row_id, json.loads(payload)) == (answer.json()["id"], {"order": 1})
-            proxy.down()
-            assert gw.post("to-mysql", {"order": 2}).status_code == 502
-            proxy.up()
-            assert gw.post("to-mysql", {"order": 3}).status_code == 200
-        assert len(rows(mysql_url, table)) == 2

@@ -1,105 +1,21 @@
 """`nats` against a real NATS server with JetStream (127.0.0.1:4222, or NATS_URL), read back
 with a few lines of the NATS text protocol over a plain socket (an independent client, not
 nats-py): core publishes with headers, JetStream publishes acknowledged and deduplicated by
-delivery id, failures classified, and the real gateway process."""
+delivery id, failures classified. Through a real gateway process: test_modules_gateway.py."""
 
 from __future__ import annotations
 
 import base64
-import json
-import socket
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from cli.servers import free_port
 from data_plane.clients import Clients
 from data_plane.errors import DeliveryError, SsrfBlocked
-from tests.module_kit import Gateway, connection_doc, delivery, endpoint, run_step, webhook_doc
-
-
-class RawNats:
-    """The NATS client protocol by hand: CONNECT, SUB, PUB, and reading MSG/HMSG."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.sock = socket.create_connection((parts.hostname, parts.port or 4222), timeout=10)
-        self.buf = b""
-        assert self._line().startswith(b"INFO ")
-        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,'
-                          b'"no_responders":true,"protocol":1}\r\nPING\r\n')
-        self._pong()
-        self.sid = 0
-
-    def subscribe(self, subject: str) -> str:
-        self.sid += 1
-        self.sock.sendall(f"SUB {subject} {self.sid}\r\nPING\r\n".encode())
-        self._pong()
-        return str(self.sid)
-
-    def _pong(self) -> None:
-        while (line := self._line()) != b"PONG":
-            if line == b"PING":  # the server checks on us when we were quiet for a while
-                self.sock.sendall(b"PONG\r\n")
-            # A server may send INFO at any time (2.15 does right after CONNECT; 2.9 did not).
-            elif line != b"+OK" and not line.startswith(b"INFO "):
-                raise AssertionError(f"unexpected {line!r}")
-
-    def request(self, subject: str, payload: dict[str, Any]) -> dict[str, Any]:
-        inbox = f"_INBOX.{uuid.uuid4().hex}"
-        self.subscribe(inbox)
-        data = json.dumps(payload).encode()
-        self.sock.sendall(f"PUB {subject} {inbox} {len(data)}\r\n".encode() + data + b"\r\n")
-        _, _, body = self.next_message()
-        return json.loads(body)  # type: ignore[no-any-return]
-
-    def next_message(self) -> tuple[str, dict[str, str], bytes]:
-        """(subject, headers, payload) of the next message."""
-        while True:
-            line = self._line()
-            if line == b"PING":
-                self.sock.sendall(b"PONG\r\n")
-                continue
-            fields = line.split()
-            if fields[0] == b"MSG":
-                size = int(fields[-1])
-                data = self._exactly(size + 2)[:-2]
-                return fields[1].decode(), {}, data
-            if fields[0] == b"HMSG":
-                head, total = int(fields[-2]), int(fields[-1])
-                data = self._exactly(total + 2)[:-2]
-                return fields[1].decode(), _headers(data[:head]), data[head:]
-            if fields[0] not in (b"+OK", b"INFO"):
-                raise AssertionError(f"unexpected {line!r}")
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            assert chunk, "the server closed the connection"
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _exactly(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            assert chunk, "the server closed the connection"
-            self.buf += chunk
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-
-def _headers(block: bytes) -> dict[str, str]:
-    lines = block.decode().split("\r\n")[1:]
-    return dict(line.split(": ", 1) for line in lines if line)
+from tests.module_kit import RawNats, delivery, endpoint, run_step
 
 
 @pytest.fixture
@@ -186,21 +102,3 @@ async def test_loopback_refused_without_allow_private(nats_url: str) -> None:
     async with Clients() as clients:
         with pytest.raises(SsrfBlocked):
             await run_step(ep, delivery(), clients)
-
-
-def test_gateway_delivers_to_jetstream(tmp_path: Path, nats_url: str, raw: RawNats,
-                                       subject: str, stream: str) -> None:
-    docs = [
-        connection_doc("dest", {"type": "nats", "url": nats_url, "allow_private": True}),
-        webhook_doc("to-nats", [step(subject, jetstream=True)]),
-    ]
-    with Gateway(tmp_path, docs) as gw:
-        answer = gw.post("to-nats", {"n": 1})
-        assert answer.status_code == 200, answer.text
-    deadline = time.monotonic() + 5
-    while raw.request(f"$JS.API.STREAM.INFO.{stream}", {})["state"]["messages"] != 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    first = raw.request(f"$JS.API.STREAM.MSG.GET.{stream}", {"seq": 1})["message"]
-    assert json.loads(base64.b64decode(first["data"])) == {"n": 1}
-    assert answer.json()["id"] in base64.b64decode(first["hdrs"]).decode()

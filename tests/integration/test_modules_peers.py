@@ -1,38 +1,25 @@
-"""`s3` (moto, read back with boto3; async dead letter then replay exactly once through a
-gateway), `websocket` and `zeromq` (peers are sockets in the test, from the websockets and
-pyzmq libraries), and `clickhouse` against a stand-in speaking its HTTP interface: no
-ClickHouse server runs here (no wheel ships one; Debian's is years old)."""
+"""`s3` (moto, read back with boto3), `websocket` and `zeromq` (peers are sockets in the test,
+from the websockets and pyzmq libraries), and `clickhouse` against a stand-in speaking its HTTP
+interface: no ClickHouse server runs here (no wheel ships one; Debian's is years old). Through
+a real gateway process: test_modules_gateway.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from cli.processes import ROOT
-from cli.servers import LOOPBACK, MotoServer, RedisServer, free_port
+from cli.servers import LOOPBACK, free_port
 from data_plane.clients import Clients
 from data_plane.errors import DeliveryError, SsrfBlocked
 from data_plane.modules.s3 import object_key
-from tests.module_kit import (
-    Gateway,
-    connection_doc,
-    delivery,
-    endpoint,
-    run_step,
-    wait_for,
-    webhook_doc,
-)
+from tests.module_kit import delivery, endpoint, run_step
 
 
 def s3_client(endpoint_url: str) -> Any:
@@ -92,48 +79,6 @@ async def test_s3_loopback_endpoint_refused_without_allow_private(aws_endpoint: 
     async with Clients() as clients:
         with pytest.raises(SsrfBlocked):
             await run_step(ep, delivery(), clients)
-
-
-def dlq(*args: str, redis_url: str) -> str:
-    return subprocess.run([sys.executable, "-m", "cli.whplane", "dlq", *args, "--redis-url",
-                           redis_url], cwd=ROOT, capture_output=True, text=True, check=True,
-                          timeout=60).stdout
-
-
-def test_s3_async_dead_letter_then_replay_exactly_once(tmp_path: Path,
-                                                       redis_own: RedisServer) -> None:
-    with MotoServer() as moto:
-        bucket = "replay-bucket"
-        docs = [
-            connection_doc("store", {"type": "s3", "allow_private": True, "timeout_s": 2,
-                                     "url": f"s3://{bucket}?endpoint={moto.url}",
-                                     "access_key_id": "{$AWS_KEY}",
-                                     "secret_access_key": "{$AWS_SECRET}",
-                                     "circuit": {"failures": 100, "cooldown_s": 1}}),
-            webhook_doc("to-s3", [{"module": "s3", "connection": "store"}], mode="async",
-                        retry={"attempts": 3, "initial_delay_s": 0.05, "max_delay_s": 0.2}),
-        ]
-        moto.stop()
-        with Gateway(tmp_path, docs, WH_REDIS_URL=redis_own.url, AWS_KEY="test",
-                     AWS_SECRET="test") as gw:
-            answer = gw.post("to-s3", {"order": 7})
-            assert answer.status_code == 202, answer.text
-            delivery_id = answer.json()["id"]
-            [dead] = wait_for(lambda: json.loads(dlq("list", "-o", "json",
-                                                     redis_url=redis_own.url)) or None,
-                              30, "the dead letter")
-            assert (dead["delivery"], dead["attempts"]) == (delivery_id, 3)
-            assert "s3:acme/store" in dead["last_error"]
-            moto.start()
-            s3 = s3_client(moto.url)
-            s3.create_bucket(Bucket=bucket)
-            dlq("replay", dead["id"], redis_url=redis_own.url)
-            wait_for(lambda: objects(s3, bucket) or None, 20, "the replayed object")
-            time.sleep(0.5)  # anything more would have arrived by now
-            [key] = objects(s3, bucket)
-            assert key.endswith(f"/{delivery_id}.json") and key.startswith("acme/to-s3/")
-            body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            assert json.loads(body["body"]) == {"order": 7}
 
 
 # --- websocket ---------------------------------------------------------------------------

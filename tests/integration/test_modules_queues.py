@@ -1,5 +1,6 @@
 """`kafka`, `stomp`, `sqs` and `redis_rq` against real systems (tansu, coilmq, moto, Redis,
-or the ones the environment names), each read back with an independent client."""
+or the ones the environment names), each read back with an independent client. Through a real
+gateway process: test_modules_gateway.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import socket
 import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,17 +16,7 @@ import pytest
 from cli.servers import LOOPBACK, RedisServer, free_port
 from data_plane.clients import Clients
 from data_plane.errors import DeliveryError, SsrfBlocked
-from tests.module_kit import (
-    Gateway,
-    connection_doc,
-    delivery,
-    endpoint,
-    run_step,
-    wait_for,
-    webhook_doc,
-)
-
-AWS_KEYS = {"access_key_id": "{$AWS_KEY}", "secret_access_key": "{$AWS_SECRET}"}
+from tests.module_kit import delivery, endpoint, run_step, wait_for
 
 
 def boto(service: str, endpoint_url: str) -> Any:
@@ -245,46 +235,3 @@ async def test_redis_rq_down_is_retryable() -> None:
         with pytest.raises(DeliveryError) as caught:
             await run_step(ep, delivery(), clients)
     assert caught.value.retryable and str(caught.value).startswith("redis_rq:acme/dest: ")
-
-
-# --- through a gateway -------------------------------------------------------------------
-
-
-def test_through_a_gateway(tmp_path: Path, kafka_bootstrap: str, stomp_endpoint: str,
-                           aws_endpoint: str) -> None:
-    topic = new_topic(kafka_bootstrap)
-    destination = f"/queue/whplane-{uuid.uuid4().hex[:8]}"
-    sqs = boto("sqs", aws_endpoint)
-    queue_url = sqs.create_queue(QueueName=f"q{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    reader = StompReader(stomp_endpoint, destination)
-    docs = [
-        connection_doc("kafka", {"type": "kafka", "url": f"kafka://{kafka_bootstrap}",
-                                 "allow_private": True}),
-        connection_doc("stomp", {"type": "stomp", "url": stomp_url(stomp_endpoint),
-                                 "allow_private": True}),
-        connection_doc("sqs", {"type": "sqs", "url": queue_url, "allow_private": True,
-                               **AWS_KEYS}),
-        connection_doc("gone", {"type": "kafka", "url": f"kafka://127.0.0.1:{free_port()}",
-                                "allow_private": True, "timeout_s": 2}),
-        webhook_doc("all", [
-            {"module": "kafka", "connection": "kafka", "config": {"topic": topic}},
-            {"module": "stomp", "connection": "stomp", "config": {"destination": destination}},
-            {"module": "sqs", "connection": "sqs"},
-        ]),
-        webhook_doc("to-gone", [{"module": "kafka", "connection": "gone",
-                                 "config": {"topic": "t"}}]),
-    ]
-    try:
-        with Gateway(tmp_path, docs, AWS_KEY="test", AWS_SECRET="test") as gw:
-            answer = gw.post("all", {"n": 1})
-            assert answer.status_code == 200, (answer.text, gw.process.log_tail())
-            delivery_id = answer.json()["id"]
-            [record] = kafka_records(kafka_bootstrap, topic, 1)
-            assert record.value == b'{"n": 1}'
-            wait_for(lambda: reader.frames or None, 5, "the STOMP frame")
-            assert reader.frames[0].headers["whplane-id"] == delivery_id
-            [message] = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=2)["Messages"]
-            assert json.loads(message["Body"])["id"] == delivery_id
-            assert gw.post("to-gone", {"n": 2}).status_code == 502
-    finally:
-        reader.close()

@@ -1,30 +1,23 @@
 """`rabbitmq` against a real RabbitMQ (127.0.0.1:5672 guest/guest, or RABBITMQ_URL), read back
 with pika: publisher confirms, properties and headers, unroutable messages refused, an
-exchange with a binding, and the real gateway process (200; 502 while the broker is down;
-async retries then replay once it is back)."""
+exchange with a binding, failures classified. Through a real gateway process:
+test_modules_gateway.py."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pytest
 
-from cli.servers import RedisServer, free_port
+from cli.servers import free_port
 from data_plane.clients import Clients
 from data_plane.errors import DeliveryError, SsrfBlocked
-from tests.module_kit import Gateway, connection_doc, delivery, endpoint, run_step, webhook_doc
-from tests.tcp_proxy import TcpProxy
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.module_kit import delivery, endpoint, run_step
 
 
 class Broker:
@@ -157,52 +150,3 @@ async def test_loopback_refused_without_allow_private(rabbitmq_url: str) -> None
     async with Clients() as clients:
         with pytest.raises(SsrfBlocked):
             await run_step(ep, delivery(), clients)
-
-
-def test_gateway_sync_and_async_with_replay_after_an_outage(
-    tmp_path: Path, rabbitmq_url: str, broker: Broker, redis_own: RedisServer
-) -> None:
-    queue = broker.queue()
-    parts = urlsplit(rabbitmq_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
-        conn = spec(rabbitmq_url, timeout_s=2, circuit={"failures": 100, "cooldown_s": 1})
-        conn["url"] = f"amqp://{proxy.address}/"
-        conn["password"] = "{$RABBITMQ_PASSWORD}"
-        docs = [
-            connection_doc("dest", conn),
-            webhook_doc("sync", [step(queue)]),
-            webhook_doc("async", [step(queue)], mode="async",
-                        retry={"attempts": 2, "initial_delay_s": 0.05, "max_delay_s": 0.1}),
-        ]
-        with Gateway(tmp_path, docs, WH_REDIS_URL=redis_own.url,
-                     RABBITMQ_PASSWORD=parts.password or "guest") as gw:
-            answer = gw.post("sync", {"n": 1})
-            assert answer.status_code == 200, answer.text
-            _, props, body = broker.get(queue)
-            assert (json.loads(body), props.message_id) == ({"n": 1}, answer.json()["id"])
-
-            proxy.down()
-            assert gw.post("sync", {"n": 2}).status_code == 502
-            queued = gw.post("async", {"n": 3})
-            assert queued.status_code == 202
-            [dead] = _wait(lambda: json.loads(_dlq("list", "-o", "json", redis=redis_own)))
-            assert dead["delivery"] == queued.json()["id"]
-            proxy.up()
-            _dlq("replay", "--all", redis=redis_own)
-            _, props, body = broker.get(queue)
-            assert (json.loads(body), props.message_id) == ({"n": 3}, queued.json()["id"])
-
-
-def _dlq(*args: str, redis: RedisServer) -> str:
-    return subprocess.run([sys.executable, "-m", "cli.whplane", "dlq", *args, "--redis-url",
-                           redis.url], cwd=ROOT, capture_output=True, text=True, check=True,
-                          timeout=60).stdout
-
-
-def _wait(probe: Any, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (got := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"nothing within {timeout}s")
-        time.sleep(0.1)
-    return got
