@@ -144,9 +144,23 @@ def whplane(*args: str) -> str:
     return done.stdout
 
 
+def whplane_here(*args: str) -> str:
+    """stdout of `whplane ARGS` run in this process: the same command, for polling (a process
+    per poll costs a second of interpreter start-up each)."""
+    from typer.testing import CliRunner
+
+    from cli.whplane import app
+
+    done = CliRunner().invoke(app, list(args))
+    if done.exit_code != 0:
+        raise AssertionError(f"whplane {' '.join(args)} exited {done.exit_code}: "
+                             f"{done.output[-2000:]}")
+    return done.stdout
+
+
 def dead_letters(redis_url: str) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = json.loads(
-        whplane("dlq", "list", "-o", "json", "--redis-url", redis_url))
+        whplane_here("dlq", "list", "-o", "json", "--redis-url", redis_url))
     return listed
 
 
