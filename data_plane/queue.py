@@ -259,17 +259,23 @@ class DeliveryQueue:
             batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
             try:
                 # Entries go in order, so the first one's deadline is the earliest.
+                # A plain EVALSHA, not the Script object: redis-py would precede every
+                # pipeline with a SCRIPT EXISTS round trip (and refuses Script objects in
+                # cluster pipelines). NOSCRIPT is handled below.
+                command: tuple[Arg, ...] = (
+                    "EVALSHA", self._enqueue.sha, 2, self.stream, self.scheduled,
+                    self.max_backlog, *(entry[0] for entry in batch))
                 async with asyncio.timeout_at(batch[0][2]):
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        # A plain EVALSHA, not the Script object: redis-py would precede every
-                        # pipeline with a SCRIPT EXISTS round trip (and refuses Script objects
-                        # in cluster pipelines). NOSCRIPT is handled below.
-                        pipe.execute_command("EVALSHA", self._enqueue.sha, 2, self.stream,
-                                             self.scheduled, self.max_backlog,
-                                             *(entry[0] for entry in batch))
-                        if self.wait_replicas:
+                    if self.wait_replicas:  # WAIT must follow on the same connection
+                        async with self.redis.pipeline(transaction=False) as pipe:
+                            pipe.execute_command(*command)
                             self._add_wait(pipe)
-                        replies = await pipe.execute(raise_on_error=False)
+                            replies = await pipe.execute(raise_on_error=False)
+                    else:  # one command: a pipeline's own bookkeeping would cost more
+                        try:
+                            replies = [await self.redis.execute_command(*command)]
+                        except ResponseError as exc:  # NOSCRIPT among them: as a pipeline's
+                            replies = [exc]
                 results = _per_entry(replies, len(batch))
                 if self.wait_replicas:
                     results = _replicated(results, self.wait_replicas)
