@@ -44,11 +44,11 @@ class Delivery:
     def to_packed(self) -> bytes:
         """`to_fields()` as the queue's scripts read it, "<len>:<bytes>" per name and value
         (data_plane/queue.py): one formatting step, as it is done once per async request."""
-        values = (self.id.encode(), self.namespace.encode(), self.webhook.encode(), self.body,
-                  _headers_json(self.headers), str(self.revision).encode(),
-                  repr(self.received_at).encode(), str(self.attempt).encode(),
-                  self.request_id.encode())
-        return _PACKED % tuple(x for v in values for x in (len(v), v))
+        i, n, w, b = self.id.encode(), self.namespace.encode(), self.webhook.encode(), self.body
+        h, rev, at = _headers_json(self.headers), b"%d" % self.revision, b"%r" % self.received_at
+        n_at, rid = b"%d" % self.attempt, self.request_id.encode()
+        return _PACKED % (len(i), i, len(n), n, len(w), w, len(b), b, len(h), h, len(rev), rev,
+                          len(at), at, len(n_at), n_at, len(rid), rid)
 
     @classmethod
     def from_fields(cls, fields: Mapping[bytes, bytes]) -> Delivery:
