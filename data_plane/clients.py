@@ -263,6 +263,13 @@ class Clients:
                 self._retire_pooled(evicted)
         return cast(_T, await asyncio.shield(entry.opening))
 
+    def retain(self, live: Callable[[str], bool]) -> None:
+        """Retire the pooled clients of Connections that are gone (`live(key)` is False for
+        them), after their grace period: called with each new snapshot, so a deleted
+        Connection's client does not keep its sockets open until evicted."""
+        for key in [key for key in self._pooled if not live(key[1])]:
+            self._retire_pooled(self._pooled.pop(key))
+
     def discard(self, kind: str, conn: Conn) -> None:
         """Drop the pooled client of `kind` for `conn` (a module found it broken for good):
         the next delivery creates a new one."""

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from data_plane.chain import run_chain
@@ -31,8 +32,9 @@ from providers.holder import SnapshotHolder
 from providers.last_good import LastGood
 from providers.open import open_provider
 from providers.provider import ProviderState
-from providers.resources import Namespace, Retry, Webhook
+from providers.resources import Namespace, ResourceKey, Retry, Webhook
 from providers.secret_cache import SecretCache
+from providers.snapshot import Snapshot
 from providers.vault_client import VaultClient, VaultSettings
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ class Gateway:
         # Set on every published snapshot: the heartbeat reports a new revision or a changed
         # set of refused resources at once, not a heartbeat later.
         self._published = asyncio.Event()
-        self.holder.on_publish(lambda _snap: self._published.set())
+        self.holder.on_publish(self._on_publish)
         self.compiled = CompiledCache()
         self.ids = IdSource()
         self.clients = Clients()
@@ -255,6 +257,10 @@ class Gateway:
         assert result.error is not None
         raise result.error
 
+    def _on_publish(self, snap: Snapshot) -> None:
+        self._published.set()
+        self.clients.retain(partial(_connection_exists, snap))
+
     def retry_policy(self, delivery: Delivery) -> Retry | None:
         hook = self.holder.current.webhook(delivery.namespace, delivery.webhook)
         return hook.spec.delivery.retry if hook is not None else None
@@ -337,3 +343,10 @@ def _vault_status(secrets: SecretCache | None) -> dict[str, Any]:
     st = secrets.status
     return {"configured": True, "reachable": st.reachable, "cached": st.cached,
             "last_error": st.last_error, "last_refresh": st.last_refresh}
+
+
+def _connection_exists(snap: Snapshot, key: str) -> bool:
+    """Whether the Connection of a pooled client's key ("namespace/name" or "name") is in
+    `snap`."""
+    namespace, _, name = key.rpartition("/")
+    return ResourceKey("Connection", namespace or None, name) in snap.entries
