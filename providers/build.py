@@ -20,11 +20,11 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from immutables import Map, MapMutation
 
-from providers import reference_fields, sandbox
+from providers import reference_fields, sandbox, shapes
 from providers.errors import DocumentErrors, Location, ReferenceError_
 from providers.loader import RESOURCE_ADAPTER, validate_document
 from providers.provider import ChangeBatch, RawDoc
@@ -45,14 +45,24 @@ class Failed(Exception):
         super().__init__(message)
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
+class Prepared(NamedTuple):
     key: ResourceKey
     raw: RawDoc
     resource: AnyResource  # as written: references not resolved
     sites: tuple[reference_fields.Site, ...]  # where its references are
     vault_paths: frozenset[str]
     revision: int
+    # A document of a shape (providers/shapes.py): the shape, and the shape's own preparation,
+    # whose resolved form every document of the shape shares.
+    shape: shapes.Shape | None = None
+    template: Prepared | None = None
+
+    @property
+    def stored(self) -> RawDoc:
+        """The document as stored."""
+        if self.template is not None and self.shape is not None:
+            return self.shape.render(self.key.name, self.key.namespace)
+        return self.raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,24 @@ class Indexes:
         for path in entry.vault_paths:
             self.path_users.setdefault(path, set()).add(key)
 
+    def add_all(self, entries: Iterable[tuple[ResourceKey, Entry]]) -> None:
+        """`add` for every entry of a snapshot, webhooks sharing a spec looked at once."""
+        names: dict[int, tuple[str, ...]] = {}
+        conn_users, path_users = self.conn_users, self.path_users
+        for key, entry in entries:
+            resource = entry.resource
+            if isinstance(resource, Webhook):
+                cnames = names.get(id(resource.spec))
+                if cnames is None:
+                    cnames = names[id(resource.spec)] = resource.spec.connections()
+                for cname in cnames:
+                    users = conn_users.get(cname)
+                    if users is None:
+                        users = conn_users[cname] = set()
+                    users.add(key)
+            for path in entry.vault_paths:
+                path_users.setdefault(path, set()).add(key)
+
     def remove(self, key: ResourceKey, entry: Entry) -> None:
         if isinstance(entry.resource, Webhook):
             for cname in entry.resource.spec.connections():
@@ -100,9 +128,11 @@ class Indexes:
 def plan(batch: ChangeBatch) -> Plan:
     prepared: list[Prepared] = []
     failed: list[tuple[ResourceKey, RawDoc, Failed]] = []
+    shaped = _Shapes(batch.revision)
     for key, raw in batch.puts.items():
         try:
-            prepared.append(prepare(key, raw, batch.revision))
+            p = shaped.prepare(key, raw) if isinstance(raw, bytes) else None
+            prepared.append(p if p is not None else prepare(key, raw, batch.revision))
         except Failed as exc:
             failed.append((key, raw, exc))
         except Exception as exc:  # a bug must cost one document, never the whole config
@@ -111,7 +141,65 @@ def plan(batch: ChangeBatch) -> Plan:
     return Plan(tuple(prepared), tuple(failed))
 
 
-def prepare(key: ResourceKey, raw: RawDoc, revision: int) -> Prepared:
+class _Shapes:
+    """The shapes of one batch's documents, each prepared once (providers/shapes.py)."""
+
+    def __init__(self, revision: int) -> None:
+        self._revision = revision
+        self._templates: dict[bytes, Prepared | None] = {}
+        # (shape, namespace) -> why the tenant rules refuse it (None: they do not)
+        self._tenant: dict[tuple[bytes, str], str | None] = {}
+
+    def prepare(self, key: ResourceKey, raw: bytes) -> Prepared | None:
+        """`raw` prepared from its shape; None when it has none (or its shape does not
+        validate): then the ordinary path prepares it and words its errors."""
+        found = shapes.cut(key.name, key.namespace, raw)
+        if found is None:
+            return None
+        template = self._templates.get(found[0], _UNKNOWN)
+        if template is _UNKNOWN:
+            template = self._templates[found[0]] = self._template(key, shapes.Shape(*found))
+        if template is None:
+            return None
+        metadata = shapes.renamed(template.resource.metadata, key.name, key.namespace)
+        if metadata.sandbox and key.namespace is not None:
+            self._tenant_rules(template, key.namespace, raw)
+        # The bytes are left out: the shape gives them back (`stored`), and kept here for every
+        # document until the build ends they would only fragment the heap.
+        return Prepared(key, b"", shapes.with_metadata(template.resource, metadata),
+                        template.sites, template.vault_paths, self._revision, template.shape,
+                        template)
+
+    def _template(self, key: ResourceKey, shape: shapes.Shape) -> Prepared | None:
+        global_ = key.namespace is None
+        placeholder = ResourceKey(key.kind, None if global_ else shapes.NAMESPACE_PLACEHOLDER,
+                                  shapes.NAME_PLACEHOLDER)
+        try:
+            # The tenant rules read the namespace: checked for each namespace, with its own.
+            template = prepare(placeholder, shape.text, self._revision, tenant_rules=False)
+        except Failed:
+            return None
+        if not shapes.fits(template.resource, key.kind, global_):
+            return None
+        return template._replace(shape=shape)
+
+    def _tenant_rules(self, template: Prepared, namespace: str, raw: bytes) -> None:
+        assert template.shape is not None
+        at = (template.shape.text, namespace)
+        if at not in self._tenant:
+            # Nothing in them reads the name: one document answers for its shape there.
+            refused = sandbox.tenant_problems(parse_bytes(raw), namespace)
+            self._tenant[at] = ("refused by the tenant rules: " + "; ".join(map(str, refused))
+                                if refused else None)
+        reason = self._tenant[at]
+        if reason is not None:
+            raise Failed(reason)
+
+
+_UNKNOWN: Any = object()
+
+
+def prepare(key: ResourceKey, raw: RawDoc, revision: int, tenant_rules: bool = True) -> Prepared:
     """Validate the document as written and hold it to the rules, before any secret is read.
 
     References are resolved later, and only in the fields that take them (see
@@ -119,7 +207,11 @@ def prepare(key: ResourceKey, raw: RawDoc, revision: int) -> Prepared:
     """
     resource = _validate_written(key, raw)
     doc: Mapping[str, Any] | None = raw if isinstance(raw, Mapping) else None
-    sites = reference_fields.locate(resource)
+    sites: list[reference_fields.Site]
+    if isinstance(raw, bytes) and not reference_fields.count_in_text(raw) and b"\\u" not in raw:
+        sites = []  # no opener, not even an escaped one: no string holds a reference
+    else:
+        sites = reference_fields.locate(resource)
     if isinstance(raw, bytes):
         in_sites = sum(reference_fields.count_in_text(site.text) for site in sites)
         # Every reference opener in the text sits in a field that takes references: the common
@@ -130,7 +222,7 @@ def prepare(key: ResourceKey, raw: RawDoc, revision: int) -> Prepared:
         misplaced = sandbox.problems(doc, resource)
         if misplaced:
             raise Failed("; ".join(map(str, misplaced)))
-    if resource.metadata.sandbox and key.namespace is not None:
+    if tenant_rules and resource.metadata.sandbox and key.namespace is not None:
         if doc is None:
             doc = parse_bytes(raw)  # type: ignore[arg-type]  # None only for bytes
         refused = sandbox.tenant_problems(doc, key.namespace)
@@ -200,14 +292,13 @@ def build_snapshot(
         errors[f"source:{err_source.split(':', 1)[0]}"] = err_source
     for key, raw, exc in planned.failed:
         _fail(key, raw, exc, entries, errors, indexes)
-    memo: dict[str, str] = {}  # resolved references, for this build only
-    made = reference_fields.Memo()  # and the models they make, likewise
+    memo = _Memo()  # resolved references and what they make, for this build only
     for p in planned.prepared:
         try:
-            _build_one(p, entries, errors, batch.full, memo, made, resolve, indexes)
+            _build_one(p, entries, errors, batch.full, memo, resolve, indexes)
         except Exception as exc:  # as in `plan`: one document, never the whole config
             log.exception("unexpected error building %s", p.key)
-            _fail(p.key, p.raw, Failed(f"cannot be built ({type(exc).__name__})"), entries,
+            _fail(p.key, p.stored, Failed(f"cannot be built ({type(exc).__name__})"), entries,
                   errors, indexes)
     for key in batch.deletes:
         indexes.retry.pop(key, None)
@@ -220,25 +311,47 @@ def build_snapshot(
     _refuse_dangling(batch, previous, entries, errors, indexes)
     snapshot = Snapshot(batch.revision, entries.finish(), errors.finish())
     if batch.full:
-        for key, entry in snapshot.entries.items():
-            indexes.add(key, entry)
+        indexes.add_all(snapshot.entries.items())
     return snapshot
 
 
-def _resolved(p: Prepared, memo: dict[str, str], made: reference_fields.Memo,
-              resolve: Callable[[Ref], str]) -> AnyResource:
+@dataclass(slots=True)
+class _Memo:
+    """What one build has resolved. It holds resolved values: it must never outlive the build."""
+
+    texts: dict[str, str] = field(default_factory=dict)  # reference text -> value
+    made: reference_fields.Memo = field(default_factory=reference_fields.Memo)
+    # id of a shape's preparation -> its resolved resource, or why it does not resolve
+    shapes: dict[int, AnyResource | Failed] = field(default_factory=dict)
+
+
+def _resolved(p: Prepared, memo: _Memo, resolve: Callable[[Ref], str]) -> AnyResource:
     if not p.sites:
         return p.resource
+    template = p.template
+    if template is not None:
+        # Every document of a shape resolves to the shape's resolved form, renamed.
+        done = memo.shapes.get(id(template))
+        if done is None:
+            try:
+                done = _resolved(template, memo, resolve)
+            except Failed as exc:
+                done = exc
+            memo.shapes[id(template)] = done
+        if isinstance(done, Failed):
+            raise done
+        return shapes.with_metadata(done, p.resource.metadata)
+    texts = memo.texts
 
     def render(text: str) -> str:
-        value = memo.get(text)
+        value = texts.get(text)
         if value is None:
-            value = memo[text] = parse(text).render(resolve)
+            value = texts[text] = parse(text).render(resolve)
         return value
 
     try:
         return reference_fields.resolve(  # type: ignore[no-any-return]
-            p.resource, render, p.sites, made)
+            p.resource, render, p.sites, memo.made)
     except ReferenceError_ as exc:
         raise Failed(str(exc), retryable=bool(p.vault_paths)) from None
     except reference_fields.InvalidAfterResolving as exc:
@@ -246,26 +359,29 @@ def _resolved(p: Prepared, memo: dict[str, str], made: reference_fields.Memo,
 
 
 def _build_one(
-    p: Prepared, entries: Entries, errors: Errors, full: bool, memo: dict[str, str],
-    made: reference_fields.Memo, resolve: Callable[[Ref], str], indexes: Indexes,
+    p: Prepared, entries: Entries, errors: Errors, full: bool, memo: _Memo,
+    resolve: Callable[[Ref], str], indexes: Indexes,
 ) -> None:
     try:
-        resource = _resolved(p, memo, made, resolve)
-        actual = key_of(resource)
-        if actual != p.key:
-            raise Failed(f"document is {actual} but is stored as {p.key}")
+        resource = _resolved(p, memo, resolve)
+        # A shaped document has its key's names by construction (providers/shapes.py).
+        if p.template is None:
+            actual = key_of(resource)
+            if actual != p.key:
+                raise Failed(f"document is {actual} but is stored as {p.key}")
     except Failed as exc:
-        _fail(p.key, p.raw, exc, entries, errors, indexes)
+        _fail(p.key, p.stored, exc, entries, errors, indexes)
         return
     old = entries.get(p.key)
     if old is not None and not full:
         indexes.remove(p.key, old)
-    entry = Entry(p.raw, resource, p.vault_paths, p.revision)
+    entry = Entry(p.raw, resource, p.vault_paths, p.revision, p.shape)
     entries[p.key] = entry
     if not full:
         indexes.add(p.key, entry)
-    indexes.retry.pop(p.key, None)
-    if str(p.key) in errors:
+    if indexes.retry:
+        indexes.retry.pop(p.key, None)
+    if len(errors) and str(p.key) in errors:
         del errors[str(p.key)]
 
 

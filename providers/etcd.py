@@ -41,16 +41,17 @@ from aetcd import rpc
 
 from providers.backoff import backoff
 from providers.errors import ProviderError, RevisionCompacted, StoreUnavailable
-from providers.etcd_conn import EtcdConnection, EtcdSettings, describe, range_keys
+from providers.etcd_conn import EtcdConnection, EtcdSettings, describe, range_pages
+from providers.paged_docs import PagedDocs
 from providers.provider import ChangeBatch, ProviderState, ProviderStatus, RawDoc
-from providers.resources import ResourceKey
+from providers.resources import GLOBAL, KINDS, ResourceKey
 from providers.rollout import Canary
 from providers.staged_commits import (
     Marker,
     Materializing,
     Pending,
     StagedCommitError,
-    overlay,
+    overlay_keyed,
     read_history,
     read_pending,
 )
@@ -150,34 +151,56 @@ class EtcdProvider:
 
     async def _range_once(self, client: aetcd.Client) -> _Loaded:
         timeout = self.settings.timeout_s
-        header, kvs = await range_keys(client, self._start, self._end, timeout)
-        resources: list[Any] = []
+        header: Any = None
+        keys = _KeyParser(self._prefix)
+        docs = PagedDocs()  # each etcd key is one resource key: no page repeats a key
+        newest = 0
+        errors: list[str] = []
         pending: list[Pending] = []
         marker: Marker | None = None
         canary_kv: Any = None
-        for kv in kvs:
-            key = bytes(kv.key)
-            if key.startswith(self._resources):
-                resources.append(kv)
-            elif key.startswith(self._commits):
-                pending.append(await read_pending(client, self._prefix, kv, timeout))
-            elif key == self._marker:
-                marker = Marker.parse(kv.value)
-            elif key == self._canary:
-                canary_kv = kv
+        prefix = self._resources
+        async for page in range_pages(client, self._start, self._end, timeout):
+            if header is None:
+                header = page.header
+            kvs = page.kvs
+            found: list[ResourceKey | None] = []
+            for kv in kvs:
+                key = kv.key
+                if key.startswith(prefix):
+                    found.append(keys.parse(key, errors))
+                    newest = max(newest, kv.mod_revision)
+                else:
+                    found.append(None)
+                    if key.startswith(self._commits):
+                        pending.append(await read_pending(client, self._prefix, kv, timeout))
+                    elif key == self._marker:
+                        marker = Marker.parse(kv.value)
+                    elif key == self._canary:
+                        canary_kv = kv
+            docs.add_page(kvs, found)
         meta = await client.kvstub.Range(
             rpc.RangeRequest(key=self._meta, revision=header.revision, keys_only=True),
             timeout=timeout, metadata=client.metadata,
         )  # fmt: skip
-        puts: dict[ResourceKey, RawDoc] = {}
-        errors: list[str] = []
         # Label the snapshot with the config's own revision (the latest apply, or the newest
         # resource written directly), not etcd's current one, which heartbeats move: every
         # gateway with the same config then reports the same revision.
         config_revision = max([kv.mod_revision for kv in meta.kvs], default=0)
-        for key, (value, revision) in overlay(resources, pending, marker).items():
-            config_revision = max(config_revision, revision)
-            self._put(key, value, puts, errors)
+        puts: Mapping[ResourceKey, RawDoc] = docs
+        if pending:
+            values = dict(docs.items())
+            revisions = dict(zip(docs.keys(), docs.revisions(), strict=True))
+            commits = [(p.revision, keys.pending(p, errors)) for p in pending]
+            labels = overlay_keyed(values, revisions, commits, marker)
+            config_revision = max(config_revision, max(labels.values(), default=0))
+            puts = values
+        elif marker is not None:
+            at = marker.at
+            config_revision = max(config_revision, max(
+                (marker.revision if rev in at else rev for rev in docs.revisions()), default=0))
+        else:
+            config_revision = max(config_revision, newest)
         canary = self._parse_canary(canary_kv, errors) if canary_kv is not None else None
         before = await self._canary_before(client, canary, errors) if canary else None
         batch = ChangeBatch(config_revision, puts, full=True, source_errors=tuple(errors),
@@ -454,6 +477,48 @@ class EtcdProvider:
         self._closed.set()
         self._state = ProviderState.CLOSED
         await self._conn.close()
+
+
+class _KeyParser:
+    """Resource keys of one full read; the kinds and namespaces they repeat are one string
+    each, not one per key (a hundred thousand webhooks in ten thousand namespaces)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._skip = len((prefix + RESOURCES).encode())
+        self._kinds = {kind.encode(): kind for kind in KINDS}
+        self._namespaces: dict[bytes, str | None] = {GLOBAL.encode(): None}
+
+    def parse(self, key: bytes, errors: list[str]) -> ResourceKey | None:
+        parts = key[self._skip:].split(b"/")
+        if len(parts) == 3 and parts[0] and parts[2]:
+            ns_b, kind_b, name_b = parts
+            kind = self._kinds.get(kind_b)
+            ns = self._namespaces.get(ns_b, _UNSEEN)
+            if kind is not None and ns is not _UNSEEN and name_b.isascii():
+                return ResourceKey(kind, ns, name_b.decode())
+        try:  # the general path, which also words the errors
+            rkey = parse_resource_key(self._prefix, key.decode())
+        except (ValueError, UnicodeDecodeError) as exc:
+            errors.append(f"{key!r}: {exc}")
+            return None
+        if rkey.namespace is not None:
+            ns = self._namespaces.setdefault(rkey.namespace.encode(), rkey.namespace)
+            rkey = ResourceKey(self._kinds[rkey.kind.encode()], ns, rkey.name)
+        return rkey
+
+
+    def pending(self, pending: Pending, errors: list[str]) -> dict[ResourceKey, bytes | None]:
+        """The changes of a pending commit by resource key (a stray key is left out)."""
+        out: dict[ResourceKey, bytes | None] = {}
+        for key, value in pending.changes.items():
+            rkey = self.parse(key, errors)
+            if rkey is not None:
+                out[rkey] = value
+        return out
+
+
+_UNSEEN: Any = object()
 
 
 def with_revision(canary: Canary, mod_revision: int) -> Canary:

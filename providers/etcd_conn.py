@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -222,16 +222,43 @@ async def range_keys(
     """
     header: Any = None
     kvs: list[Any] = []
-    while True:
-        req = rpc.RangeRequest(key=start, range_end=end, limit=page,
-                               revision=header.revision if header is not None else revision)
-        resp = await client.kvstub.Range(req, timeout=timeout_s, metadata=client.metadata)
+    async for resp in range_pages(client, start, end, timeout_s, page, revision):
         if header is None:
             header = resp.header
         kvs.extend(resp.kvs)
-        if not resp.more or not resp.kvs:
-            return header, kvs
-        start = resp.kvs[-1].key + b"\0"
+    return header, kvs
+
+
+async def range_pages(
+    client: aetcd.Client, start: bytes, end: bytes, timeout_s: float, page: int = 20_000,
+    revision: int = 0,
+) -> AsyncIterator[Any]:
+    """The Range responses covering [start, end), one page each, all at the revision of the
+    first: a reader done with a page drops it before the next arrives.
+
+    The next page is asked for as soon as a page arrives, so the store reads it while the
+    caller works on this one.
+    """
+    req = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
+    resp = await client.kvstub.Range(req, timeout=timeout_s, metadata=client.metadata)
+    at = resp.header.revision
+    while True:
+        nxt: asyncio.Task[Any] | None = None
+        if resp.more and resp.kvs:
+            req = rpc.RangeRequest(key=resp.kvs[-1].key + b"\0", range_end=end, limit=page,
+                                   revision=at)
+            nxt = asyncio.ensure_future(
+                client.kvstub.Range(req, timeout=timeout_s, metadata=client.metadata))
+        try:
+            yield resp
+        except BaseException:
+            if nxt is not None:
+                nxt.cancel()
+            raise
+        if nxt is None:
+            return
+        resp = None
+        resp = await nxt
 
 
 def describe(exc: BaseException | None) -> str:

@@ -247,6 +247,7 @@ class SnapshotHolder:
             await self.apply(batch)
             log.info("loaded revision %d: %d resources", batch.revision, len(batch.puts))
             batch = None  # the watch below runs for ever: do not keep the load's index alive
+            _trim()  # and give back what it held (the store's answer pages, for one)
         async for change in provider.watch(self._current.revision):
             t0 = time.perf_counter()
             snap = await self.apply(change)
@@ -255,6 +256,9 @@ class SnapshotHolder:
                 snap.revision, len(change), ", full" if change.full else "",
                 (time.perf_counter() - t0) * 1000,
             )  # fmt: skip
+            if change.full:  # a reload: as after the first load
+                del change
+                _trim()
 
     def _read_last_good(self) -> ChangeBatch | None:
         return self._last_good.read(self._source) if self._last_good is not None else None
@@ -303,7 +307,7 @@ class SnapshotHolder:
                 if everything or lg.journal_lines + len(keys) > max(10_000, lg.base_docs):
                     # The snapshot is immutable: the thread may walk it while the loop serves.
                     await asyncio.to_thread(lg.write, snap.revision, snap.raw_documents(),
-                                            self._source)
+                                            self._source, len(snap))
                 else:
                     changes = [(k, e.raw if (e := snap.entries.get(k)) is not None else None)
                                for k in keys]

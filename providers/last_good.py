@@ -25,8 +25,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from providers.model import NAME_RE
 from providers.provider import ChangeBatch, RawDoc
-from providers.resources import ResourceKey
+from providers.resources import KINDS, ResourceKey
 
 log = logging.getLogger(__name__)
 FORMAT = "whplane-last-good/1"
@@ -40,9 +41,19 @@ def default_state_dir(env: dict[str, str] | None = None) -> Path:
 
 def _line(key: ResourceKey, raw: RawDoc | None) -> str:
     if raw is None:
-        return f'{{"key":{json.dumps(list(key))},"deleted":true}}\n'
+        return f'{{"key":{_key_json(key)},"deleted":true}}\n'
     doc = raw.decode() if isinstance(raw, bytes) else json.dumps(raw)
-    return f'{{"key":{json.dumps(list(key))},"doc":{doc}}}\n'
+    return f'{{"key":{_key_json(key)},"doc":{doc}}}\n'
+
+
+def _key_json(key: ResourceKey) -> str:
+    kind, namespace, name = key
+    # Names as the model takes them need no escaping (a whole file of keys is written at once).
+    if kind in KINDS and NAME_RE.fullmatch(name) and (
+            namespace is None or NAME_RE.fullmatch(namespace)):
+        return f'["{kind}", "{namespace}", "{name}"]' if namespace is not None else (
+            f'["{kind}", null, "{name}"]')
+    return json.dumps(list(key))
 
 
 class LastGood:
@@ -53,24 +64,42 @@ class LastGood:
         self.journal_lines = 0
         self.base_docs = 0
 
-    def write(self, revision: int, docs: Iterable[tuple[ResourceKey, RawDoc]], source: str) -> None:
-        """Replace the file with these documents (blocking: run it off the event loop)."""
-        docs = list(docs)
+    def write(self, revision: int, docs: Iterable[tuple[ResourceKey, RawDoc]], source: str,
+              count: int | None = None) -> None:
+        """Replace the file with these documents (blocking: run it off the event loop).
+
+        With `count` (how many `docs` yields) the documents are streamed to the file, a few
+        at a time, instead of gathered first: a million of them at once is hundreds of MB.
+        """
+        if count is None:
+            docs = list(docs)
+            count = len(docs)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".last-good-", dir=self.path.parent)
+        written = 0
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(json.dumps({"format": FORMAT, "revision": revision, "source": source,
-                                    "docs": len(docs)}))
+                                    "docs": count}))
                 f.write("\n")
-                f.writelines(_line(key, raw) for key, raw in docs)
+                chunk: list[str] = []
+                for key, raw in docs:
+                    chunk.append(_line(key, raw))
+                    if len(chunk) == 1000:
+                        f.write("".join(chunk))
+                        written += len(chunk)
+                        chunk.clear()
+                f.write("".join(chunk))
+                written += len(chunk)
+                if written != count:
+                    raise ValueError(f"{written} documents written, {count} announced")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self.journal_lines, self.base_docs = 0, len(docs)
+        self.journal_lines, self.base_docs = 0, count
 
     def append(self, revision: int, changes: Iterable[tuple[ResourceKey, RawDoc | None]]) -> None:
         """Add one revision's changes (None: deleted) to a file `write` made (blocking)."""

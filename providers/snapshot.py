@@ -27,16 +27,48 @@ from providers.resources import (
     connection_keys,
     find_connection,
 )
+from providers.shapes import Shape
 
 
-@dataclass(frozen=True, slots=True)
 class Entry:
-    """One resource in force: the document as stored (references unresolved) and resolved."""
+    """One resource in force: the document as stored (references unresolved) and resolved.
 
-    raw: RawDoc
+    A document of a shape (providers/shapes.py) keeps the shape, shared with every document
+    like it, instead of its own bytes: `raw` renders them from the shape and the resource's
+    name and namespace.
+    """
+
+    __slots__ = ("_stored", "resource", "revision", "shape", "vault_paths")
+    _stored: RawDoc
     resource: AnyResource
-    vault_paths: frozenset[str] = frozenset()
-    revision: int = 0
+    vault_paths: frozenset[str]
+    revision: int
+    shape: Shape | None
+
+    def __init__(self, raw: RawDoc, resource: AnyResource,
+                 vault_paths: frozenset[str] = frozenset(), revision: int = 0,
+                 shape: Shape | None = None) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "_stored", b"" if shape is not None else raw)
+        setattr_(self, "resource", resource)
+        setattr_(self, "vault_paths", vault_paths)
+        setattr_(self, "revision", revision)
+        setattr_(self, "shape", shape)
+
+    @property
+    def raw(self) -> RawDoc:
+        shape = self.shape
+        if shape is None:
+            return self._stored
+        md = self.resource.metadata
+        return shape.render(md.name, md.namespace)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Entry is immutable: cannot set {name}")
+
+    def __repr__(self) -> str:
+        return (f"Entry(resource={self.resource!r}, vault_paths={self.vault_paths!r}, "
+                f"revision={self.revision!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +195,25 @@ def dangling(
     that it finds nothing.
     """
     out: list[tuple[ResourceKey, str]] = []
+    instead = instead or {}
+    # A full build checks every webhook: most share their spec (providers/shapes.py) and their
+    # namespace's connections, so each is looked at once.
+    names: dict[int, tuple[str, ...]] = {}
+    present: dict[tuple[str | None, str], bool] = {}
     for key in keys:
-        entry = (instead or {}).get(key) or entries.get(key)
+        entry = instead.get(key) or entries.get(key)
         if entry is None or not isinstance(entry.resource, Webhook):
             continue
-        for cname in entry.resource.spec.connections():
-            if find_connection(entries, key.namespace, cname) is None:
+        spec = entry.resource.spec
+        cnames = names.get(id(spec))
+        if cnames is None:
+            cnames = names[id(spec)] = spec.connections()
+        for cname in cnames:
+            at = (key.namespace, cname)
+            found = present.get(at)
+            if found is None:
+                found = present[at] = find_connection(entries, key.namespace, cname) is not None
+            if not found:
                 out.append((key, cname))
                 break
     return out

@@ -30,7 +30,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aetcd
 import grpc
@@ -153,23 +153,44 @@ def overlay(kvs: Iterable[Any], pending: Sequence[Pending],
     present at that revision. The rules are the materializer's, so what a reader sees before
     materialization is what the keys hold after it.
     """
-    state: dict[bytes, list[Any]] = {}  # key -> [value, mod revision, config revision]
+    values: dict[bytes, bytes] = {}
+    revisions: dict[bytes, int] = {}
     for kv in kvs:
-        rev = int(kv.mod_revision)
-        label = marker.revision if marker is not None and rev in marker.at else rev
-        state[bytes(kv.key)] = [bytes(kv.value), rev, label]
-    for p in sorted(pending, key=lambda p: p.revision):
-        for key, value in p.changes.items():
-            cur = state.get(key)
-            if cur is not None and cur[1] > p.revision:
-                if value is not None and cur[0] == value:
-                    cur[2] = min(cur[2], p.revision)  # materialized already
+        key = bytes(kv.key)
+        values[key] = bytes(kv.value)
+        revisions[key] = int(kv.mod_revision)
+    labels = overlay_keyed(values, revisions, [(p.revision, p.changes) for p in pending], marker)
+    return {k: (v, labels[k]) for k, v in values.items()}
+
+
+K = TypeVar("K")
+
+
+def overlay_keyed(values: dict[K, bytes], revisions: Mapping[K, int],
+                  pending: Sequence[tuple[int, Mapping[K, bytes | None]]],
+                  marker: Marker | None) -> dict[K, int]:
+    """`overlay` of resources read under any key: `values` and their mod `revisions`, and the
+    (commit revision, changes) of the pending commits. Applies the commits to `values` in
+    place and returns the config revision of each resource."""
+    at = marker.at if marker is not None else frozenset()
+    labels = {k: (marker.revision if marker is not None and rev in at else rev)
+              for k, rev in revisions.items()}
+    revs = dict(revisions)
+    for commit, changes in sorted(pending, key=lambda p: p[0]):
+        for key, value in changes.items():
+            rev = revs.get(key)
+            if rev is not None and rev > commit:
+                if value is not None and values[key] == value:
+                    labels[key] = min(labels[key], commit)  # materialized already
                 continue  # written after the commit: the later write wins
             if value is None:
-                state.pop(key, None)
+                values.pop(key, None)
+                revs.pop(key, None)
+                labels.pop(key, None)
             else:
-                state[key] = [value, p.revision, p.revision]
-    return {k: (v[0], v[2]) for k, v in state.items()}
+                values[key] = value
+                revs[key] = labels[key] = commit
+    return labels
 
 
 def digest(value: bytes | None) -> bytes | None:

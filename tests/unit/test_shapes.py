@@ -1,0 +1,156 @@
+"""Documents validated once per shape must come out exactly as if each were validated alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from providers import build, shapes
+from providers.holder import SnapshotHolder
+from providers.loader import RESOURCE_ADAPTER
+from providers.provider import ChangeBatch, RawDoc
+from providers.resources import ResourceKey
+from providers.snapshot import Snapshot
+from tests.docs import connection, namespace, webhook
+
+ENV = {"GITHUB_SECRET": "s3cret", "API_TOKEN": "t0ken"}
+
+
+def raw(doc: dict[str, Any], **dumps: Any) -> bytes:
+    return json.dumps(doc, **dumps).encode()
+
+
+def hook(name: str, ns: str, **extra: Any) -> dict[str, Any]:
+    doc = webhook(name, ns, secret="{$GITHUB_SECRET}", connections=("api",))
+    doc["metadata"].update(extra)
+    return doc
+
+
+def fleet(n_ns: int = 3, per_ns: int = 3) -> dict[ResourceKey, RawDoc]:
+    docs: dict[ResourceKey, RawDoc] = {}
+    docs[ResourceKey("Connection", None, "api")] = raw(connection(
+        "api", type="http", url="https://api.example/", headers={"X": "{$API_TOKEN}"}))
+    for n in range(n_ns):
+        ns = f"t{n}"
+        docs[ResourceKey("Namespace", None, ns)] = raw(namespace(ns))
+        for i in range(per_ns):
+            docs[ResourceKey("Webhook", ns, f"h{i}")] = raw(hook(f"h{i}", ns,
+                                                                 labels={"team": "a"}))
+    return docs
+
+
+def built(docs: dict[ResourceKey, RawDoc]) -> Snapshot:
+    batch = ChangeBatch(1, docs, full=True)
+    return build.build_snapshot(Snapshot(0), batch, build.plan(batch),
+                                lambda ref: ENV[ref.name],  # type: ignore[union-attr]
+                                build.Indexes())
+
+
+def one_by_one(docs: dict[ResourceKey, RawDoc], monkeypatch: pytest.MonkeyPatch) -> Snapshot:
+    """The same documents on the ordinary path (no shapes), each alone in its batch."""
+    snap = Snapshot(0)
+    indexes = build.Indexes()
+    with monkeypatch.context() as m:
+        m.setattr(shapes, "cut", lambda *_args: None)
+        for key, value in docs.items():
+            batch = ChangeBatch(1, {key: value})
+            snap = build.build_snapshot(snap, batch, build.plan(batch),
+                                        lambda ref: ENV[ref.name],  # type: ignore[union-attr]
+                                        indexes)
+    assert all(e.shape is None for e in snap.entries.values())
+    return snap
+
+
+def test_cut_and_render_give_the_bytes_back() -> None:
+    for dumps in ({}, {"separators": (",", ":")}, {"indent": 2}):
+        doc = raw(hook("h1", "t1", labels={"x": "y"}), **dumps)
+        found = shapes.cut("h1", "t1", doc)
+        assert found is not None, dumps
+        shape = shapes.Shape(*found)
+        assert b"h1" not in shape.text and b"t1" not in shape.text
+        assert shape.render("h1", "t1") == doc
+        other = raw(hook("h2", "t9", labels={"x": "y"}), **dumps)
+        assert shapes.cut("h2", "t9", other) == found
+
+
+def test_no_shape_when_names_are_not_alone_or_not_names() -> None:
+    assert shapes.cut("h1", "t1", raw(hook("h1", "t1", labels={"name": "h1"}))) is None
+    both = raw(hook("h1", "t1")).replace(b'"spec"', b'"annotations": {"namespace": "t1"}, "spec"')
+    assert shapes.cut("h1", "t1", both) is None
+    assert shapes.cut("H1", "t1", raw(hook("H1", "t1"))) is None  # not a name
+    assert shapes.cut("h1", "t1", raw(hook("h1", "t1", labels={"a": shapes.NAME_PLACEHOLDER})))\
+        is None
+    escaped = raw(hook("h1", "t1")).replace(b'"h1"', b'"\\u0068\\u0031"')
+    assert shapes.cut("h1", "t1", escaped) is None
+
+
+def test_shaped_snapshot_equals_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = fleet()
+    fast, slow = built(docs), one_by_one(docs, monkeypatch)
+    assert not fast.errors and not slow.errors
+    assert set(fast.entries.keys()) == set(slow.entries.keys())
+    for key, entry in fast.entries.items():
+        other = slow.entries[key]
+        assert entry.resource == other.resource, key
+        assert entry.raw == docs[key] == other.raw, key
+        assert entry.vault_paths == other.vault_paths
+        assert entry.resource == RESOURCE_ADAPTER.validate_python(
+            {**json.loads(docs[key]), **({"spec": entry.resource.spec} if key.kind != "Namespace"
+                                         else {})})  # resolved spec
+    hooks = [e for k, e in fast.entries.items() if k.kind == "Webhook"]
+    assert all(e.shape is not None for e in hooks)
+    # One validated body for all of them, and one resolved secret.
+    assert len({id(e.resource.spec) for e in hooks}) == 1
+    assert hooks[0].resource.spec.verify.secret == ("s3cret",)  # type: ignore[union-attr]
+    assert len({id(e.shape) for e in hooks}) == 1
+
+
+def test_a_document_failing_alone_fails_with_its_own_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = fleet(1, 2)
+    bad = hook("h9", "t0")
+    bad["spec"]["chain"]["timeout_s"] = -1
+    docs[ResourceKey("Webhook", "t0", "h9")] = raw(bad)
+    docs[ResourceKey("Webhook", "t0", "h8")] = raw(bad).replace(b'"h9"', b'"h8"')
+    wrong = ResourceKey("Webhook", "t0", "elsewhere")
+    docs[wrong] = raw(hook("h7", "t0", labels={"team": "a"}))  # stored under another name
+    bad_name = ResourceKey("Webhook", "t0", "Bad")
+    docs[bad_name] = raw(hook("Bad", "t0", labels={"team": "a"}))
+    fast, slow = built(docs), one_by_one(docs, monkeypatch)
+    assert dict(fast.errors) == dict(slow.errors)
+    assert "Webhook/t0/h9" in fast.errors and "Webhook/t0/h8" in fast.errors
+    assert "stored as" in fast.errors[str(wrong)]
+    assert "invalid name" in fast.errors[str(bad_name)]
+    assert ResourceKey("Webhook", "t0", "h0") in fast.entries
+
+
+def test_tenant_rules_are_checked_with_each_namespace() -> None:
+    docs: dict[ResourceKey, RawDoc] = {}
+    for ns in ("alpha", "beta"):
+        docs[ResourceKey("Namespace", None, ns)] = raw(namespace(ns))
+        doc = webhook("h", ns, secret="{$vault:alpha/gh#secret}")
+        doc["metadata"]["sandbox"] = True
+        docs[ResourceKey("Webhook", ns, "h")] = raw(doc)
+    batch = ChangeBatch(1, docs, full=True)
+    planned = build.plan(batch)
+    assert [str(k) for k, _raw, _exc in planned.failed] == ["Webhook/beta/h"]
+    assert "start with 'beta/'" in planned.failed[0][2].message
+
+
+def test_global_resources_have_shapes_too() -> None:
+    docs = {ResourceKey("Namespace", None, f"n{i}"): raw(namespace(f"n{i}")) for i in range(3)}
+    snap = built(docs)
+    assert all(e.shape is not None and e.raw == docs[k] for k, e in snap.entries.items())
+    assert snap.namespace("n2").metadata.name == "n2"  # type: ignore[union-attr]
+    assert snap.namespace("n2").metadata.namespace is None  # type: ignore[union-attr]
+
+
+async def test_unresolvable_shape_is_refused_for_every_document_and_retried() -> None:
+    docs = fleet(2, 2)
+    h = SnapshotHolder(env={"API_TOKEN": "t"})  # no GITHUB_SECRET
+    snap = await h.apply(ChangeBatch(1, docs, full=True))
+    refused = {k for k in snap.errors if k.startswith("Webhook/")}
+    assert len(refused) == 4
+    assert all("GITHUB_SECRET" in snap.errors[k] for k in refused)
