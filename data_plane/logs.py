@@ -24,6 +24,50 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+# What client libraries log about a destination that is down, per reconnect attempt or per
+# request (aiokafka: ~40 lines a second while a broker refuses): (logger, message template) ->
+# the level it is shown at. whplane logs each failed delivery attempt itself, naming the module
+# and the Connection; this says the same again, without them. Anything else these libraries log
+# keeps its level, and a template a new release rewords is shown as before: noisy, not lost.
+CHATTER: dict[tuple[str, str], int] = {
+    # aiokafka's client: bootstrap, broker connections, metadata refreshes.
+    ("aiokafka", 'Unable connect to "%s:%s": %s'): logging.DEBUG,
+    ("aiokafka", 'Unable to request metadata from "%s:%s": %s'): logging.DEBUG,
+    ("aiokafka", "Unable connect to node with id %s: %s"): logging.DEBUG,
+    ("aiokafka", "Unable to request metadata from node with id %s: %r"): logging.DEBUG,
+    ("aiokafka", "Unable to update metadata from %s"): logging.DEBUG,
+    ("aiokafka.producer.sender", "Got error produce response: %s"): logging.DEBUG,
+    ("aiokafka.producer.sender", "Cannot send %r to %s: %r"): logging.DEBUG,
+    # aiormq: a refused connect, a connection that dropped (with its traceback).
+    ("aiormq.connection", "error when creating transport: %r"): logging.DEBUG,
+    ("aiormq.connection", "Cancelling cause reader exited abnormally"): logging.DEBUG,
+    # The broker closing the connection says why (a restart: CONNECTION_FORCED), once per
+    # connection: worth a line, not an ERROR.
+    ("aiormq.connection", 'Unexpected connection close from remote "%s", '
+                          "Connection.Close(reply_code=%r, reply_text=%r)"): logging.WARNING,
+    # stompman: its own reconnecting.
+    ("stompman", "connection lost. reason: %r, connection_parameters: %s"): logging.DEBUG,
+    ("stompman", "reconnected after connection failure. connection_parameters: %s"):
+        logging.DEBUG,
+}
+
+
+class _ChatterFilter(logging.Filter):
+    """Shows the records of CHATTER at their level there, if their logger shows that level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name not in _CHATTER_LOGGERS or not isinstance(record.msg, str):
+            return True
+        shown = CHATTER.get((record.name, record.msg))
+        if shown is None or shown >= record.levelno:
+            return True
+        record.levelno, record.levelname = shown, logging.getLevelName(shown)
+        return logging.getLogger(record.name).isEnabledFor(shown)
+
+
+_CHATTER_LOGGERS = frozenset(name for name, _ in CHATTER)
+
+
 def escape(text: str) -> str:
     """`text` with control characters (newlines included) written as escapes."""
     if text.isprintable():
@@ -90,6 +134,7 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "info", json_lines: bool = False, prefix: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_ChatterFilter())
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
