@@ -5,6 +5,10 @@ The record's value is the raw body, its key `config.key` with `{id}`, `{namespac
 `whplane-namespace`, `whplane-webhook` and the request's `content-type`. The step succeeds
 once every in-sync replica has the record. One producer per Connection.
 
+A partition leader that refuses connections fails the attempt at once (retryable), and the
+producer is replaced: the next attempt bootstraps again, and fails at once too while every
+bootstrap server refuses. (aiokafka itself would retry the send until the step's timeout.)
+
 The SSRF guard checks the bootstrap servers of the URL, and the producer bootstraps from the
 checked addresses; the brokers the cluster then advertises are dialled as advertised (that is
 how Kafka works), which is why a tenant's Kafka Connection needs the admin's `allow_private`
@@ -43,6 +47,8 @@ async def run(step: KafkaStep, endpoint: Endpoint, delivery: Delivery, clients: 
 
     conn = connection(step, endpoint, KafkaConnectionSpec)
     timeout_s = step.timeout_s or conn.spec.timeout_s
+    topic = step.config.topic
+    key = record_key(step.config.key, delivery)
     headers = [("whplane-id", delivery.id.encode()),
                ("whplane-namespace", delivery.namespace.encode()),
                ("whplane-webhook", delivery.webhook.encode())]
@@ -53,8 +59,14 @@ async def run(step: KafkaStep, endpoint: Endpoint, delivery: Delivery, clients: 
         async with asyncio.timeout(timeout_s):
             producer = await clients.pooled(_KIND, conn, lambda targets: _start(conn, targets),
                                             _stop, default_port=9092)
-            await producer.send_and_wait(step.config.topic, delivery.body,
-                                         key=record_key(step.config.key, delivery),
+            partition = await _partition(producer, topic, key)
+            if not await _leader_ready(producer, topic, partition):
+                # aiokafka would retry the send every retry_backoff_ms until the step's
+                # timeout; a broker that refuses fails the attempt now. A new producer
+                # bootstraps again: the cluster may be back elsewhere.
+                clients.discard(_KIND, conn)
+                raise DeliveryError("Kafka broker unreachable", destination=conn.destination)
+            await producer.send_and_wait(topic, delivery.body, key=key, partition=partition,
                                          headers=headers)
     except TimeoutError:
         raise DeliveryError(f"timed out after {timeout_s:g}s",
@@ -70,6 +82,28 @@ async def run(step: KafkaStep, endpoint: Endpoint, delivery: Delivery, clients: 
 # Not marked retriable by aiokafka, yet passing: a topic being created, a restarting broker.
 _RETRYABLE = frozenset({"KafkaConnectionError", "NoBrokersAvailable", "KafkaTimeoutError",
                         "UnknownTopicOrPartitionError", "RequestTimedOutError"})
+
+
+async def _partition(producer: Any, topic: str, key: bytes | None) -> int:
+    """The partition the producer's default partitioner would pick (by the key's hash, else at
+    random among those with a leader): picked here to know the broker the record goes to."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    partitions = sorted(await producer.partitions_for(topic))
+    available = producer.client.cluster.available_partitions_for_topic(topic) or ()
+    return int(DefaultPartitioner()(key, partitions, list(available)))
+
+
+async def _leader_ready(producer: Any, topic: str, partition: int) -> bool:
+    """False when the partition's leader refuses a connection (one connect attempt when the
+    producer has none to it; none when it has); True too while no leader is known."""
+    from aiokafka.structs import TopicPartition
+
+    client = producer.client
+    leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+    if leader is None or leader < 0:
+        return True  # being elected: the send waits for it, within the step's timeout
+    return bool(await client.ready(leader))
 
 
 async def _start(conn: Conn, targets: tuple[Target, ...]) -> Any:
