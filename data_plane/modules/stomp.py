@@ -8,12 +8,17 @@ name). The frame's body is the raw webhook body, with `content-type` and the hea
 succeeds once the broker's RECEIPT for the frame arrived. One connection per Connection; the
 socket goes to the SSRF-checked address.
 
+A connection that drops fails the frames awaiting a receipt at once; stompman dials again once,
+right away, and a broker that refuses ends the client: the next delivery opens a new one, and a
+refused dial fails that attempt at once, not after the step's timeout.
+
 stompman (STOMP 1.2, asyncio) is imported on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import Any, Self
 from urllib.parse import unquote, urlsplit
@@ -24,6 +29,8 @@ from data_plane.errors import DeliveryError
 from providers.connection_spec import StompConnectionSpec
 from providers.destination_steps import StompStep
 from providers.snapshot import Endpoint
+
+log = logging.getLogger(__name__)
 
 _KIND = "stomp"
 
@@ -38,13 +45,13 @@ async def run(step: StompStep, endpoint: Endpoint, delivery: Delivery, clients: 
     tls = conn.spec.url.startswith("stomp+ssl:")
     try:
         async with asyncio.timeout(timeout_s):
-            client = await clients.pooled(
-                _KIND, conn, lambda targets: _connect(conn, targets[0], tls), _close,
-                default_port=61614 if tls else 61613,
-            )  # fmt: skip
-            await client.send(delivery.body, step.config.destination,
-                              content_type=delivery.headers.get("content-type"),
-                              headers=headers, receipt_timeout=timeout_s)
+            session = await _session(clients, conn, tls)
+            if session.ended:  # its connection went and could not be dialled again
+                clients.discard(_KIND, conn)
+                session = await _session(clients, conn, tls)
+            await session.client.send(delivery.body, step.config.destination,
+                                      content_type=delivery.headers.get("content-type"),
+                                      headers=headers, receipt_timeout=timeout_s)
     except TimeoutError:
         clients.discard(_KIND, conn)
         raise DeliveryError(f"timed out after {timeout_s:g}s",
@@ -64,7 +71,75 @@ async def run(step: StompStep, endpoint: Endpoint, delivery: Delivery, clients: 
         raise DeliveryError(f"STOMP {type(exc).__name__}", destination=conn.destination) from None
 
 
-async def _connect(conn: Conn, target: Target, tls: bool) -> Any:
+async def _session(clients: Clients, conn: Conn, tls: bool) -> _Session:
+    return await clients.pooled(
+        _KIND, conn, lambda targets: _connect(conn, targets[0], tls), _close,
+        default_port=61614 if tls else 61613,
+    )  # fmt: skip
+
+
+class _Session:
+    """A stompman client and the task that holds it open.
+
+    stompman's background tasks (reading frames, heartbeats) live in task groups of the task
+    that enters the client, and when they fail (the connection went, and dialling again
+    failed) that task is cancelled and the failure raised on leaving. So a task of its own
+    enters the client and waits until the client is closed or has failed; that failure is
+    retrieved here, never left to asyncio's "exception was never retrieved".
+    """
+
+    __slots__ = ("client", "closing", "holder")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.closing = asyncio.Event()
+        self.holder: asyncio.Task[None] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.holder is None or self.holder.done()
+
+    async def open(self) -> None:
+        """Enter the client in the holder task; its own error if it could not connect."""
+        entered = asyncio.get_running_loop().create_future()
+        self.holder = holder = asyncio.get_running_loop().create_task(
+            self._hold(entered), name="stomp client")
+        holder.add_done_callback(_retrieved)
+        try:
+            await asyncio.wait([entered, holder], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (the opening's timeout): no client
+            if not entered.done():
+                holder.cancel()
+            await self.close()
+            raise
+        if not entered.done():  # the holder ended without entering: connecting failed
+            entered.cancel()
+            raise _unwrapped(None if holder.cancelled() else holder.exception())
+
+    async def _hold(self, entered: asyncio.Future[None]) -> None:
+        async with self.client:
+            entered.set_result(None)
+            await self.closing.wait()
+
+    async def close(self) -> None:
+        self.closing.set()
+        if self.holder is not None:
+            await asyncio.wait([self.holder])
+
+
+def _retrieved(holder: asyncio.Task[None]) -> None:
+    if not holder.cancelled() and (exc := holder.exception()) is not None:
+        log.debug("STOMP client ended: %s", type(_unwrapped(exc)).__name__)
+
+
+def _unwrapped(exc: BaseException | None) -> BaseException:
+    """The first error inside (nested) exception groups: what stompman's task groups raise."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc if exc is not None else ConnectionError("the STOMP client ended")
+
+
+async def _connect(conn: Conn, target: Target, tls: bool) -> _Session:
     import stompman
     from stompman.connection import Connection
 
@@ -90,11 +165,15 @@ async def _connect(conn: Conn, target: Target, tls: bool) -> Any:
                        ssl=ssl)
 
     timeout = max(1, round(float(spec.timeout_s)))
-    client = stompman.Client(
+    session = _Session(stompman.Client(
         [stompman.ConnectionParameters(host=vhost, port=target.port, login=spec.username or "",
                                        passcode=spec.password or "")],
         ssl=ssl.create_default_context() if tls else None,
+        # One dial, and no pause after a failed one (stompman waits connect_retry_interval
+        # after every failed dial, the last included): a broker that refuses fails the
+        # delivery now; retrying later is the worker's retry policy.
         connect_retry_attempts=1,
+        connect_retry_interval=0,
         connect_timeout=timeout,
         connection_confirmation_timeout=timeout,
         disconnect_confirmation_timeout=2,
@@ -103,10 +182,10 @@ async def _connect(conn: Conn, target: Target, tls: bool) -> Any:
         # intervals; some brokers (coilmq) announce heartbeats they never send. Each frame's
         # receipt timeout finds a dead connection anyway.
         check_server_alive_interval_factor=100,
-    )
-    await client.__aenter__()
-    return client
+    ))
+    await session.open()
+    return session
 
 
-async def _close(client: Any) -> None:
-    await client.__aexit__(None, None, None)
+async def _close(session: _Session) -> None:
+    await session.close()
