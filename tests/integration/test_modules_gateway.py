@@ -14,6 +14,10 @@ Each case starts ONE gateway process serving two webhooks on the same Connection
    refused `sync` webhook), at least once for the others. /metrics counts the module's steps:
    3 ok, 4 failed.
 
+The gateway's log while the system was down has no ERROR line of a client library (reconnect
+chatter is DEBUG; whplane says what failed, in a WARNING naming the module and Connection) and
+none of whplane's own; nowhere a task or future whose exception was "never retrieved".
+
 How each system goes down:
 - most: a `TcpProxy` in front of the shared system, the Connection pointed at the proxy
   (`allow_private: true`): `down()` cuts every connection and refuses new ones; the Redis
@@ -37,6 +41,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import socket
 import threading
 import time
@@ -99,6 +104,32 @@ def unique(prefix: str) -> str:
 def password_of(url: str) -> str | None:
     password = urlsplit(url).password
     return unquote(password) if password else None
+
+
+# Loggers of whplane's own packages; any other logger is a library's (asyncio's included).
+OWN_LOGGERS = ("data_plane", "providers", "cli", "control_plane")
+# A record's first line: "DATE TIME LEVEL LOGGER [REQUEST-ID] MESSAGE"; further lines indented.
+_RECORD = re.compile(r"^\S+ \S+ (?:\S+ )?(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+) \[")
+# What asyncio logs for a task or future nobody awaited: a task a module started and lost.
+UNTRACKED = ("never retrieved", "has errored out but its parent task")
+
+
+def log_records(text: str) -> list[tuple[str, str, str]]:
+    """(level, logger, first line) of each record in a gateway's text log."""
+    return [(m[1], m[2], line) for line in text.splitlines() if (m := _RECORD.match(line))]
+
+
+def check_outage_log(text: str, label: str) -> None:
+    """The gateway's log while the destination was down: no ERROR of a library or of whplane,
+    and whplane's WARNINGs say the sync delivery failed and the async one was dead-lettered,
+    naming the destination."""
+    errors = [line for level, _, line in log_records(text) if level in ("ERROR", "CRITICAL")]
+    assert not errors, "ERROR lines while the destination was down:\n" + "\n".join(
+        line[:300] for line in errors[:20]) + f"\n({len(errors)} in all)"
+    own = [(name, line) for level, name, line in log_records(text)
+           if level == "WARNING" and name.split(".")[0] in OWN_LOGGERS and label in line]
+    said = {name for name, _ in own}
+    assert {"data_plane.ingest", "data_plane.worker"} <= said, text[-3000:]
 
 
 # --- SQL -----------------------------------------------------------------------------------
@@ -723,6 +754,7 @@ def test_arrives_fails_while_down_dead_letters_and_replays(
             wait_for(lambda: first in dest.arrived() or None, 10, "the sync delivery")
 
             # 2. down
+            outage_from = gw.process.log_path.stat().st_size
             dest.down()
             queued = gw.post("async", {"case": case, "n": 2})
             assert queued.status_code == 202, queued.text
@@ -735,6 +767,10 @@ def test_arrives_fails_while_down_dead_letters_and_replays(
             assert dead["last_error"].count(label) == 1, dead["last_error"]
             if dest.secret is not None:
                 assert dest.secret not in dead["last_error"]
+
+            with gw.process.log_path.open("rb") as log:
+                log.seek(outage_from)
+                check_outage_log(log.read().decode(errors="replace"), label)
 
             # 3. back up
             dest.up()
@@ -752,5 +788,8 @@ def test_arrives_fails_while_down_dead_letters_and_replays(
                                         module=dest.module, result=result)
                       for result in ("ok", "failed")}
             assert counts == {"ok": 3, "failed": 4}, counts
+        whole = gw.process.log_path.read_text(errors="replace")
         if dest.secret is not None:
-            assert dest.secret not in gw.process.log_path.read_text(errors="replace")
+            assert dest.secret not in whole
+        untracked = [line for line in whole.splitlines() if any(u in line for u in UNTRACKED)]
+        assert not untracked, "\n".join(line[:300] for line in untracked)
