@@ -368,8 +368,9 @@ class Worker:
             if await self.queue.retry_later(self.group, entry_id, delivery.next_attempt(), wait):
                 self._retried += 1
                 self._wake_mover.set()
-            log.debug("delivery %s failed (%s); retry %d in %.2fs", delivery.id, error,
-                      failures, wait)  # fmt: skip
+            # INFO: the attempt failed but nothing is lost yet (the dead letter is a WARNING).
+            log.info("delivery %s of %s/%s failed (%s); retry %d in %.2fs", delivery.id,
+                     delivery.namespace, delivery.webhook, error, failures, wait)  # fmt: skip
             return
         reason = REASON_EXHAUSTED if retryable else REASON_PERMANENT
         await self._dead(entry_id, fields, reason, failures, error)
