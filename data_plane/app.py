@@ -1,6 +1,6 @@
 """The gateway's ASGI app: the webhook route as plain ASGI (the hot path), the relay's
 connector routes (`/connect/...`, HTTP and WebSocket, data_plane/relay/routes.py) as plain ASGI
-too, everything else (`/healthz`, `/readyz`, `/status`, `/metrics`) through FastAPI, with one
+too, everything else (`/healthz`, `/readyz`, `/status`, `/metrics`) through Starlette, with one
 lifespan that starts and stops the `Gateway` and the relay hub; and how uvicorn must serve it
 (`server_options`)."""
 
@@ -12,8 +12,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from data_plane.edge import EdgeGuard, EdgeLimits
@@ -29,7 +32,7 @@ WEBHOOK_PREFIX = "/webhook/"
 
 
 class GatewayApp:
-    """Routes `/webhook/...` straight to `Ingest`; the rest, lifespan included, to FastAPI."""
+    """Routes `/webhook/...` straight to `Ingest`; the rest, lifespan included, to Starlette."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -52,9 +55,9 @@ class GatewayApp:
             await self.api(scope, receive, send)
 
 
-def _api(gw: Gateway, edge: EdgeGuard, relay: RelayHub | None) -> FastAPI:
+def _api(gw: Gateway, edge: EdgeGuard, relay: RelayHub | None) -> Starlette:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start()
         if relay is not None:
             relay.start()
@@ -69,29 +72,36 @@ def _api(gw: Gateway, edge: EdgeGuard, relay: RelayHub | None) -> FastAPI:
                 await relay.aclose()
             await gw.stop()
 
-    api = FastAPI(title="whplane gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
 
-    @api.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive"}
-
-    @api.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> Response:
         if gw.holder.ready:
             snap = gw.holder.current
             return JSONResponse({"status": "ready", "revision": snap.revision,
                                  "since": snap.built_at})
         return JSONResponse({"status": "not ready: no config loaded yet"}, status_code=503)
 
-    @api.get("/status")
-    async def status() -> dict[str, Any]:
-        return {**gw.status(), "edge": edge.stats()}
+    async def status(request: Request) -> Response:
+        return JSONResponse({**gw.status(), "edge": edge.stats()})
 
-    @api.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
 
-    return api
+    # Plain Starlette: four routes need no request models or OpenAPI, and FastAPI alone
+    # would be a third of a gateway's start-up imports.
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/status", status),
+                Route("/metrics", metrics)],
+        exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """404, 405, ... as JSON `{"detail": ...}`, as they always were."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 def _edge_metrics(gw: Gateway, edge: EdgeGuard) -> None:

@@ -29,7 +29,14 @@ from providers.errors import DocumentErrors, Location, ReferenceError_
 from providers.loader import RESOURCE_ADAPTER, validate_document
 from providers.provider import ChangeBatch, RawDoc
 from providers.references import Ref, VaultRef, parse, refs_in
-from providers.resources import AnyResource, ResourceKey, Webhook, connection_keys, key_of
+from providers.resources import (
+    AnyResource,
+    ResourceKey,
+    Webhook,
+    connection_keys,
+    find_connection,
+    key_of,
+)
 from providers.snapshot import Entry, Snapshot, dangling
 
 log = logging.getLogger(__name__)
@@ -52,27 +59,34 @@ class Prepared(NamedTuple):
     sites: tuple[reference_fields.Site, ...]  # where its references are
     vault_paths: frozenset[str]
     revision: int
-    # A document of a shape (providers/shapes.py): the shape, and the shape's own preparation,
-    # whose resolved form every document of the shape shares.
-    shape: shapes.Shape | None = None
-    template: Prepared | None = None
+    shape: shapes.Shape | None = None  # when this is a shape's preparation (`Shaped`)
 
-    @property
-    def stored(self) -> RawDoc:
-        """The document as stored."""
-        if self.template is not None and self.shape is not None:
-            return self.shape.render(self.key.name, self.key.namespace)
-        return self.raw
+
+@dataclass(slots=True)
+class Shaped:
+    """The documents of a batch prepared from their shapes (providers/shapes.py): the keys of
+    each shape's documents, by namespace. No object per document: nothing to allocate, and
+    later free, a hundred thousand times; and what depends on the shape and the namespace
+    alone (its connections, its indexes) is done once for all of them."""
+
+    # id of the shape's preparation -> (it, namespace -> keys)
+    groups: dict[int, tuple[Prepared, dict[str | None, list[ResourceKey]]]] = field(
+        default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(keys) for _t, by_ns in self.groups.values() for keys in by_ns.values())
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     prepared: tuple[Prepared, ...]
     failed: tuple[tuple[ResourceKey, RawDoc, Failed], ...]
+    shaped: Shaped = field(default_factory=Shaped)
 
     @property
     def vault_paths(self) -> set[str]:
-        return set().union(*(p.vault_paths for p in self.prepared))
+        return set().union(*(p.vault_paths for p in self.prepared),
+                           *(t.vault_paths for t, _by_ns in self.shaped.groups.values()))
 
 
 @dataclass
@@ -96,24 +110,6 @@ class Indexes:
         for path in entry.vault_paths:
             self.path_users.setdefault(path, set()).add(key)
 
-    def add_all(self, entries: Iterable[tuple[ResourceKey, Entry]]) -> None:
-        """`add` for every entry of a snapshot, webhooks sharing a spec looked at once."""
-        names: dict[int, tuple[str, ...]] = {}
-        conn_users, path_users = self.conn_users, self.path_users
-        for key, entry in entries:
-            resource = entry.resource
-            if isinstance(resource, Webhook):
-                cnames = names.get(id(resource.spec))
-                if cnames is None:
-                    cnames = names[id(resource.spec)] = resource.spec.connections()
-                for cname in cnames:
-                    users = conn_users.get(cname)
-                    if users is None:
-                        users = conn_users[cname] = set()
-                    users.add(key)
-            for path in entry.vault_paths:
-                path_users.setdefault(path, set()).add(key)
-
     def remove(self, key: ResourceKey, entry: Entry) -> None:
         if isinstance(entry.resource, Webhook):
             for cname in entry.resource.spec.connections():
@@ -131,14 +127,14 @@ def plan(batch: ChangeBatch) -> Plan:
     shaped = _Shapes(batch.revision)
     for key, raw in batch.puts.items():
         try:
-            p = shaped.prepare(key, raw) if isinstance(raw, bytes) else None
-            prepared.append(p if p is not None else prepare(key, raw, batch.revision))
+            if not isinstance(raw, bytes) or not shaped.add(key, raw):
+                prepared.append(prepare(key, raw, batch.revision))
         except Failed as exc:
             failed.append((key, raw, exc))
         except Exception as exc:  # a bug must cost one document, never the whole config
             log.exception("unexpected error preparing %s", key)
             failed.append((key, raw, Failed(f"cannot be read ({type(exc).__name__})")))
-    return Plan(tuple(prepared), tuple(failed))
+    return Plan(tuple(prepared), tuple(failed), shaped.found)
 
 
 class _Shapes:
@@ -149,28 +145,37 @@ class _Shapes:
         self._templates: dict[bytes, Prepared | None] = {}
         # (shape, namespace) -> why the tenant rules refuse it (None: they do not)
         self._tenant: dict[tuple[bytes, str], str | None] = {}
+        self._cut = shapes.Cutter()
+        self.found = Shaped()
 
-    def prepare(self, key: ResourceKey, raw: bytes) -> Prepared | None:
-        """`raw` prepared from its shape; None when it has none (or its shape does not
-        validate): then the ordinary path prepares it and words its errors."""
-        found = shapes.cut(key.name, key.namespace, raw)
+    def add(self, key: ResourceKey, raw: bytes) -> bool:
+        """Prepare `raw` from its shape; False when it has none (or its shape does not
+        validate): then the ordinary path prepares it and words its errors. Raises Failed
+        when the tenant rules refuse it."""
+        found = self._cut(key.name, key.namespace, raw)
         if found is None:
-            return None
+            return False
         template = self._templates.get(found[0], _UNKNOWN)
         if template is _UNKNOWN:
             template = self._templates[found[0]] = self._template(key, shapes.Shape(*found))
         if template is None:
-            return None
-        metadata = shapes.renamed(template.resource.metadata, key.name, key.namespace)
-        if metadata.sandbox and key.namespace is not None:
+            return False
+        if template.resource.metadata.sandbox and key.namespace is not None:
             self._tenant_rules(template, key.namespace, raw)
-        # The bytes are left out: the shape gives them back (`stored`), and kept here for every
-        # document until the build ends they would only fragment the heap.
-        return Prepared(key, b"", shapes.with_metadata(template.resource, metadata),
-                        template.sites, template.vault_paths, self._revision, template.shape,
-                        template)
+        # Nor the document's bytes, which its shape gives back, nor its resource, which the
+        # build makes from the shape's resolved one.
+        group = self.found.groups.get(id(template))
+        if group is None:
+            group = self.found.groups[id(template)] = (template, {})
+        keys = group[1].get(key.namespace)
+        if keys is None:
+            keys = group[1][key.namespace] = []
+        keys.append(key)
+        return True
 
     def _template(self, key: ResourceKey, shape: shapes.Shape) -> Prepared | None:
+        if not shapes.sound(shape):
+            return None
         global_ = key.namespace is None
         placeholder = ResourceKey(key.kind, None if global_ else shapes.NAMESPACE_PLACEHOLDER,
                                   shapes.NAME_PLACEHOLDER)
@@ -298,8 +303,10 @@ def build_snapshot(
             _build_one(p, entries, errors, batch.full, memo, resolve, indexes)
         except Exception as exc:  # as in `plan`: one document, never the whole config
             log.exception("unexpected error building %s", p.key)
-            _fail(p.key, p.stored, Failed(f"cannot be built ({type(exc).__name__})"), entries,
+            _fail(p.key, p.raw, Failed(f"cannot be built ({type(exc).__name__})"), entries,
                   errors, indexes)
+    refused = _build_shaped(planned.shaped, entries, errors, batch.full, memo, resolve,
+                            indexes)
     for key in batch.deletes:
         indexes.retry.pop(key, None)
         if str(key) in errors:
@@ -308,11 +315,26 @@ def build_snapshot(
         if old is not None:
             del entries[key]
             indexes.remove(key, old)
-    _refuse_dangling(batch, previous, entries, errors, indexes)
-    snapshot = Snapshot(batch.revision, entries.finish(), errors.finish())
     if batch.full:
-        indexes.add_all(snapshot.entries.items())
-    return snapshot
+        # Every entry is a document of the batch, or the version kept of one that failed.
+        # Those of shapes are indexed already; index the others before any is refused.
+        others = [*(p.key for p in planned.prepared), *(k for k, _r, _e in planned.failed),
+                  *refused]
+        for key in others:
+            entry = entries.get(key)
+            if entry is not None:
+                indexes.add(key, entry)
+        # The webhooks of shapes are checked by shape and namespace: only those lacking a
+        # connection are suspects, with every other webhook of the batch.
+        suspects: Iterable[ResourceKey] = [
+            *_lacking(planned.shaped, refused, entries),
+            *(k for k in others if k.kind == "Webhook")]
+    else:
+        names = {k.name for k in batch.deletes if k.kind == "Connection"}
+        suspects = {k for n in names for k in indexes.conn_users.get(n, ())}
+        suspects |= {k for k in batch.puts if k.kind == "Webhook"}
+    _refuse_dangling(batch, previous, entries, errors, indexes, suspects)
+    return Snapshot(batch.revision, entries.finish(), errors.finish())
 
 
 @dataclass(slots=True)
@@ -321,26 +343,11 @@ class _Memo:
 
     texts: dict[str, str] = field(default_factory=dict)  # reference text -> value
     made: reference_fields.Memo = field(default_factory=reference_fields.Memo)
-    # id of a shape's preparation -> its resolved resource, or why it does not resolve
-    shapes: dict[int, AnyResource | Failed] = field(default_factory=dict)
 
 
 def _resolved(p: Prepared, memo: _Memo, resolve: Callable[[Ref], str]) -> AnyResource:
     if not p.sites:
         return p.resource
-    template = p.template
-    if template is not None:
-        # Every document of a shape resolves to the shape's resolved form, renamed.
-        done = memo.shapes.get(id(template))
-        if done is None:
-            try:
-                done = _resolved(template, memo, resolve)
-            except Failed as exc:
-                done = exc
-            memo.shapes[id(template)] = done
-        if isinstance(done, Failed):
-            raise done
-        return shapes.with_metadata(done, p.resource.metadata)
     texts = memo.texts
 
     def render(text: str) -> str:
@@ -364,25 +371,94 @@ def _build_one(
 ) -> None:
     try:
         resource = _resolved(p, memo, resolve)
-        # A shaped document has its key's names by construction (providers/shapes.py).
-        if p.template is None:
-            actual = key_of(resource)
-            if actual != p.key:
-                raise Failed(f"document is {actual} but is stored as {p.key}")
+        actual = key_of(resource)
+        if actual != p.key:
+            raise Failed(f"document is {actual} but is stored as {p.key}")
     except Failed as exc:
-        _fail(p.key, p.stored, exc, entries, errors, indexes)
+        _fail(p.key, p.raw, exc, entries, errors, indexes)
         return
-    old = entries.get(p.key)
-    if old is not None and not full:
-        indexes.remove(p.key, old)
-    entry = Entry(p.raw, resource, p.vault_paths, p.revision, p.shape)
-    entries[p.key] = entry
+    _put(p.key, Entry(p.raw, resource, p.vault_paths, p.revision), entries, errors, full,
+         indexes)
+
+
+def _put(key: ResourceKey, entry: Entry, entries: Entries, errors: Errors, full: bool,
+         indexes: Indexes) -> None:
     if not full:
-        indexes.add(p.key, entry)
+        old = entries.get(key)
+        if old is not None:
+            indexes.remove(key, old)
+        indexes.add(key, entry)
+    entries[key] = entry
     if indexes.retry:
-        indexes.retry.pop(p.key, None)
-    if len(errors) and str(p.key) in errors:
-        del errors[str(p.key)]
+        indexes.retry.pop(key, None)
+    if len(errors) and str(key) in errors:
+        del errors[str(key)]
+
+
+def _build_shaped(
+    shaped: Shaped, entries: Entries, errors: Errors, full: bool, memo: _Memo,
+    resolve: Callable[[Ref], str], indexes: Indexes,
+) -> list[ResourceKey]:
+    """Every document of a shape is the shape's resolved resource with its own names:
+    resolved (or refused) once per shape, its connections looked up and its indexes updated
+    once per shape and namespace. Returns the keys it refused (whose previous version, if
+    any, stays)."""
+    refused: list[ResourceKey] = []
+    retry, conn_users, path_users = indexes.retry, indexes.conn_users, indexes.path_users
+    for template, by_ns in shaped.groups.values():
+        shape = template.shape
+        assert shape is not None
+        try:
+            base = _resolved(template, memo, resolve)
+        except Exception as exc:
+            if isinstance(exc, Failed):
+                failed = exc
+            else:  # as in `plan`: the shape's documents, not the whole config
+                log.exception("unexpected error building %s", template.key)
+                failed = Failed(f"cannot be built ({type(exc).__name__})")
+            for key in (k for keys in by_ns.values() for k in keys):
+                _fail(key, shape.render(key.name, key.namespace), failed, entries, errors,
+                      indexes)
+                refused.append(key)
+            continue
+        cnames = base.spec.connections() if isinstance(base, Webhook) else ()
+        paths, revision = template.vault_paths, template.revision
+        for ns, keys in by_ns.items():
+            if not full:
+                for key in keys:
+                    old = entries.get(key)
+                    if old is not None:
+                        indexes.remove(key, old)
+            for key in keys:
+                entries[key] = Entry(b"", shapes.renamed(base, key.name, ns), paths, revision,
+                                     shape)
+            for cname in cnames:
+                conn_users.setdefault(cname, set()).update(keys)
+            for path in paths:
+                path_users.setdefault(path, set()).update(keys)
+            if retry:
+                for key in keys:
+                    retry.pop(key, None)
+            if len(errors):
+                for key in keys:
+                    if str(key) in errors:
+                        del errors[str(key)]
+    return refused
+
+
+def _lacking(shaped: Shaped, refused: Iterable[ResourceKey],
+             entries: Entries) -> list[ResourceKey]:
+    """The webhooks of shapes whose namespace lacks one of the shape's connections."""
+    out: list[ResourceKey] = []
+    skip = set(refused)
+    for template, by_ns in shaped.groups.values():
+        if not isinstance(template.resource, Webhook):
+            continue
+        cnames = template.resource.spec.connections()
+        for ns, keys in by_ns.items():
+            if any(find_connection(entries, ns, cname) is None for cname in cnames):
+                out.extend(k for k in keys if k not in skip)
+    return out
 
 
 def _fail(key: ResourceKey, raw: RawDoc, exc: Failed, entries: Entries, errors: Errors,
@@ -395,15 +471,8 @@ def _fail(key: ResourceKey, raw: RawDoc, exc: Failed, entries: Entries, errors: 
 
 
 def _refuse_dangling(batch: ChangeBatch, previous: Snapshot, entries: Entries, errors: Errors,
-                     indexes: Indexes) -> None:
+                     indexes: Indexes, suspects: Iterable[ResourceKey]) -> None:
     """Keep deleted connections that webhooks still use; refuse webhooks that lack one."""
-    suspects: Iterable[ResourceKey]
-    if batch.full:
-        suspects = [k for k in batch.puts if k.kind == "Webhook"]
-    else:
-        names = {k.name for k in batch.deletes if k.kind == "Connection"}
-        suspects = {k for n in names for k in indexes.conn_users.get(n, ())}
-        suspects |= {k for k in batch.puts if k.kind == "Webhook"}
     for wkey, cname in dangling(entries, suspects):
         entry = entries.get(wkey)
         if entry is None:

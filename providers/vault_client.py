@@ -18,17 +18,18 @@ import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Self, TypeVar
 from urllib.parse import quote
 
-import hvac
-import hvac.exceptions
-import requests
 from pydantic import Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from providers.errors import SecretBackendError
 from providers.url_settings import SETTINGS_CONFIG, PositiveSeconds, env_values, validate
+
+if TYPE_CHECKING:  # hvac and requests are imported by the first call to a Vault
+    import hvac
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ def _vault_reason(exc: hvac.exceptions.VaultError) -> str:
 
 
 def _connection_reason(exc: requests.ConnectionError) -> str:
+    import requests
+
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS error"
@@ -159,6 +162,9 @@ def _connection_reason(exc: requests.ConnectionError) -> str:
 
 def _translate(exc: Exception, op: str, path: str, timeout_s: float) -> VaultRequestError:
     """A VaultRequestError for `exc`; the message never contains request or response data."""
+    import hvac.exceptions
+    import requests
+
     e = hvac.exceptions
     if isinstance(exc, requests.Timeout):
         return VaultRequestError(op, path, f"timed out after {timeout_s:g}s", unreachable=True)
@@ -284,6 +290,8 @@ class VaultClient:
 
     def health(self) -> bool:
         """True when Vault answers as initialized, unsealed and active (or a standby)."""
+        import requests
+
         try:
             response = self._hvac().adapter.get("/v1/sys/health", raise_exception=False)
         except Exception as exc:  # any failure means "not healthy"; the reason is logged
@@ -361,6 +369,9 @@ class VaultClient:
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is not None:
             return client
+        import hvac
+        import requests
+
         with self._lock:
             if self._closed:
                 raise VaultRequestError("call", "", "client is closed", unreachable=False)
@@ -421,6 +432,8 @@ class VaultClient:
         **kwargs: Any,
     ) -> dict[str, Any] | None:
         """One HTTP call; a dict for a JSON answer, None for 204 or (when missing_ok) 404."""
+        import hvac.exceptions
+
         where = f"{self._mount}/{path}"
         if self._closed:
             raise VaultRequestError(op, where, "client is closed", unreachable=False)

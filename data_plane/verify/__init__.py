@@ -22,7 +22,6 @@ from data_plane.verify import (
     gitlab,
     hmac_scheme,
     ip_allow,
-    jwt_scheme,
     shopify,
     slack,
     standard,
@@ -44,6 +43,13 @@ def _build_none(spec: Any) -> Verifier:
     return _accept
 
 
+def _build_jwt(spec: Any) -> Verifier:
+    # PyJWT and its key types are imported on the first JWT-verified webhook.
+    from data_plane.verify import jwt_scheme
+
+    return jwt_scheme.build(spec)
+
+
 _BUILDERS: Mapping[str, Callable[[Any], Verifier]] = {
     "github": github.build,
     "gitlab": gitlab.build,
@@ -57,7 +63,7 @@ _BUILDERS: Mapping[str, Callable[[Any], Verifier]] = {
     "bearer": bearer.build,
     "basic": basic.build,
     "api_key": api_key.build,
-    "jwt": jwt_scheme.build,
+    "jwt": _build_jwt,
     "none": _build_none,
 }
 

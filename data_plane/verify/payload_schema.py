@@ -15,11 +15,6 @@ from collections.abc import Callable, Iterator, Mapping
 from itertools import chain
 from typing import Any
 
-from jsonschema.exceptions import SchemaError, ValidationError, best_match
-from jsonschema.validators import extend, validator_for
-from referencing import Registry
-from referencing.exceptions import Unresolvable
-
 from data_plane.verify.base import VerifyFailed
 from providers.payload_schema import compile_pattern
 
@@ -30,6 +25,12 @@ _MAX_MESSAGE = 200
 
 
 def build(schema: Mapping[str, Any]) -> PayloadCheck:
+    # Imported on the first webhook with a payload schema: most gateways have none.
+    from jsonschema.exceptions import SchemaError, best_match
+    from jsonschema.validators import extend, validator_for
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+
     cls = validator_for(schema)
     try:
         cls.check_schema(schema)
@@ -71,7 +72,7 @@ def build(schema: Mapping[str, Any]) -> PayloadCheck:
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
     if validator.is_type(instance, "string") and not compile_pattern(pattern).search(instance):
-        yield ValidationError(f"does not match {pattern!r}")
+        yield _error(f"does not match {pattern!r}")
 
 
 def _pattern_properties(
@@ -100,4 +101,10 @@ def _additional_properties(
             yield from validator.descend(instance[extra], additional, path=extra)
     elif additional is False and extras:
         names = ", ".join(repr(e) for e in sorted(extras)[:5])
-        yield ValidationError(f"additional properties are not allowed ({names})")
+        yield _error(f"additional properties are not allowed ({names})")
+
+
+def _error(message: str) -> Any:
+    from jsonschema.exceptions import ValidationError
+
+    return ValidationError(message)
