@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml | $(PY)
 up: $(STAMP)
 	$(VENV)/bin/whplane up
 
+# Tests mostly wait (processes starting, polling): more workers than cores pays on a 2-core
+# machine. One file's tests run on one worker, so a module-scoped fleet or stack is built once.
+# TEST_WORKERS=0 runs the suite in this process, one test after the other.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'

@@ -17,7 +17,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -39,6 +39,26 @@ from cli.servers import (
     VaultServer,
     listening,
 )
+from tests.fuzz.budget import add_tally, tally_as_data, write_summary
+
+# --- fuzz case counts: printed at the end, also when pytest-xdist workers ran the targets -----
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker: hand this worker's fuzz case counts to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["fuzz_tally"] = tally_as_data()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    add_tally(getattr(node, "workeroutput", {}).get("fuzz_tally", {}))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    write_summary(terminalreporter)
+
 
 # --- shared, session-scoped --------------------------------------------------------------------
 

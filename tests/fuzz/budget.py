@@ -71,3 +71,35 @@ class count:
         t.cases += 1
         t.seconds += time.perf_counter() - self.t0
         t.outcomes[self.outcome if exc[0] is None else "failed"] += 1
+
+
+# With pytest-xdist each worker counts its own cases: tests/conftest.py hands them to the
+# controller, which prints the summary.
+
+
+def tally_as_data() -> dict[str, dict[str, Any]]:
+    return {target: {"cases": t.cases, "seconds": t.seconds, "outcomes": dict(t.outcomes)}
+            for target, t in TALLY.items()}
+
+
+def add_tally(data: dict[str, dict[str, Any]]) -> None:
+    for target, counted in data.items():
+        t = TALLY[target]
+        t.cases += counted["cases"]
+        t.seconds += counted["seconds"]
+        for outcome, n in counted["outcomes"].items():
+            t.outcomes[outcome] += n
+
+
+def write_summary(tr: Any) -> None:
+    """How many cases each fuzz target ran (and how they ended), at the end of the session."""
+    if not TALLY:
+        return
+    budget = f", {FUZZ_EXAMPLES} per target" if PROFILE == "fuzz" else ""
+    tr.section(f"fuzz cases (profile {PROFILE}{budget})")
+    total = 0
+    for target, t in sorted(TALLY.items()):
+        total += t.cases
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(t.outcomes.items()))
+        tr.write_line(f"{target:<28} {t.cases:>7} cases {t.seconds:>8.1f} s   {outcomes}")
+    tr.write_line(f"{'total':<28} {total:>7} cases")
