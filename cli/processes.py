@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -106,6 +106,14 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_all(gateways: Sequence[GatewayProcess], timeout: float = 20) -> None:
+    """Start every gateway, then wait until each is ready: their start-ups overlap."""
+    for gateway in gateways:
+        gateway.start(wait_ready=False)
+    for gateway in gateways:
+        gateway.wait_ready(timeout)
 
 
 class ControlPlaneProcess:

@@ -7,9 +7,11 @@ revision the secret changes, so which secret a gateway accepts tells which versi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from cli.processes import ControlPlaneProcess, GatewayProcess, github_signature
-from cli.servers import EtcdServer
+from cli.processes import ControlPlaneProcess, GatewayProcess, github_signature, start_all
+from cli.servers import EtcdServer, ServerError
 from control_plane.api import create_api
 from control_plane.dir_store import DirStore
 
@@ -39,13 +41,18 @@ def hook(name: str, secret: str = "{$SECRET_A}") -> dict[str, Any]:
                      "chain": {"steps": [{"module": "log"}]}}}
 
 
-@pytest.fixture(params=["etcd", "dir"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(scope="module", params=["etcd", "dir"])
+def store_url(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One store per kind for the whole module: the fleet on it is shared (see `fleet`)."""
     if request.param == "etcd":
         etcd: EtcdServer = request.getfixturevalue("etcd_server")
-        prefix: str = request.getfixturevalue("etcd_prefix")
-        return f"etcd://{etcd.endpoint}{prefix}"
-    return f"file:{tmp_path / 'store'}"
+        prefix = f"/t-{uuid.uuid4().hex[:12]}/"
+        yield f"etcd://{etcd.endpoint}{prefix}"
+        with contextlib.suppress(ServerError):
+            etcd.delete_prefix(prefix)
+        return
+    yield f"file:{tmp_path_factory.mktemp('canary') / 'store'}"
 
 
 class Fleet:
@@ -60,9 +67,10 @@ class Fleet:
         self.apply_ok(ns("acme"), hook("push"))
         others = {**SECRETS, "ONLY_OTHERS": "other-secret"}
         self.canary = self._keep(GatewayProcess(
-            store_url, {**SECRETS, "WH_GATEWAY_LABELS": "canary=true"})).start()
-        self.b = self._keep(GatewayProcess(store_url, others)).start()
-        self.c = self._keep(GatewayProcess(store_url, others)).start()
+            store_url, {**SECRETS, "WH_GATEWAY_LABELS": "canary=true"}))
+        self.b = self._keep(GatewayProcess(store_url, others))
+        self.c = self._keep(GatewayProcess(store_url, others))
+        start_all(self.gateways)
         self.http = httpx.Client(timeout=5)
 
     def _keep(self, proc: Any) -> Any:
@@ -90,8 +98,8 @@ class Fleet:
         out = self.cp.whctl("apply", "-f", self.file(*docs), "-o", "json", *args, check=True)
         return int(json.loads(out.stdout)["revision"])
 
-    def api(self, method: str, path: str) -> Any:
-        r = self.http.request(method, f"{self.cp.url}{path}",
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        r = self.http.request(method, f"{self.cp.url}{path}", json=body,
                               headers={"authorization": f"Bearer {self.cp.admin_token}"})
         r.raise_for_status()
         return r.json()
@@ -124,15 +132,44 @@ class Fleet:
                 return dict(item)
         return None
 
+    def reset(self) -> None:
+        """Back to where every test starts: no canary, only `push` (secret A) in the store,
+        served by the three gateways with nothing refused."""
+        if self.api("GET", "/v1/rollout/status")["canary"] is not None:
+            self.api("POST", "/v1/rollout/abort")
+        answer = self.api("POST", "/v1/apply", {"resources": [ns("acme"), hook("push")],
+                                                "prune": True, "message": "next test"})
+        revision, ids = int(answer["revision"]), {gw.gateway_id for gw in self.gateways}
+        self.eventually(lambda: self._all_serve(revision, ids))
 
-@pytest.fixture
-def fleet(store_url: str, tmp_path: Path) -> Iterator[Fleet]:
-    made = Fleet(store_url, tmp_path)
+    def _all_serve(self, revision: int, ids: set[str]) -> bool:
+        status = self.api("GET", f"/v1/rollout/status?revision={revision}")
+        return bool(status["complete"]) and {g["id"] for g in status["gateways"]} == ids
+
+
+@pytest.fixture(scope="module")
+def shared_fleet(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Three gateways and a control plane take seconds to start: one fleet per store kind for
+    the whole module, put back by `fleet` before each test."""
+    made = Fleet(store_url, tmp_path_factory.mktemp("fleet"))
     try:
         assert made.whctl("rollout", "status", "--timeout", "20s").returncode == 0
         yield made
     finally:
         made.close()
+
+
+@pytest.fixture
+def fleet(shared_fleet: Fleet) -> Iterator[Fleet]:
+    shared_fleet.reset()
+    kept = len(shared_fleet.procs)
+    try:
+        yield shared_fleet
+    finally:
+        # Processes a test started (late gateways) go with it.
+        for proc in shared_fleet.procs[kept:]:
+            proc.stop()
+        del shared_fleet.procs[kept:]
 
 
 def test_canary_then_promote_and_a_plain_apply_meanwhile_gets_409(fleet: Fleet) -> None:
@@ -271,9 +308,10 @@ def test_a_gateway_started_during_a_canary_serves_what_its_labels_say(fleet: Fle
                                                                         store_url: str) -> None:
     c = fleet.apply_ok(hook("push", "{$SECRET_B}"), args=("--canary", "canary=true", "--wait"))
     # A full load while the canary runs: the store holds revision C, the record says who serves it.
-    late = fleet._keep(GatewayProcess(store_url, SECRETS)).start()
+    late = fleet._keep(GatewayProcess(store_url, SECRETS))
     late_canary = fleet._keep(GatewayProcess(
-        store_url, {**SECRETS, "WH_GATEWAY_LABELS": "canary=true,zone=b"})).start()
+        store_url, {**SECRETS, "WH_GATEWAY_LABELS": "canary=true,zone=b"}))
+    start_all([late, late_canary])
     status, revision = fleet.accepts(late, A)
     assert status == 200 and revision < c
     assert fleet.accepts(late, B)[0] == 401

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cli.processes import GatewayProcess, github_signature
+from cli.processes import GatewayProcess, github_signature, start_all
 from cli.servers import EtcdServer, RedisServer
 from cli.sink import Sink
 from providers.resources import ResourceKey
@@ -76,8 +76,9 @@ def test_two_gateways_share_one_rate_limit(
     put(etcd_server, etcd_prefix, hook("gh", limits={"rate_per_second": 2, "burst": 4}))
     url = f"etcd://{etcd_server.endpoint}{etcd_prefix}"
     env = {**ENV, "WH_REDIS_URL": redis_server.url}
-    a, b = GatewayProcess(url, env).start(), GatewayProcess(url, env).start()
+    a, b = GatewayProcess(url, env), GatewayProcess(url, env)
     gateways += [a, b]
+    start_all([a, b])
     with httpx.Client(timeout=5) as c:
         t0 = time.monotonic()
         codes = [post(c, f"{g.url}/webhook/acme/gh").status_code for g in (a, b) * 6]

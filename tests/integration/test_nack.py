@@ -15,7 +15,7 @@ import pytest
 import yaml
 from immutables import Map
 
-from cli.processes import ControlPlaneProcess, GatewayProcess, github_signature
+from cli.processes import ControlPlaneProcess, GatewayProcess, github_signature, start_all
 from cli.servers import EtcdServer
 from providers.loader import RESOURCE_ADAPTER
 from providers.resources import ResourceKey
@@ -93,10 +93,11 @@ def test_a_refused_resource_is_a_nack(store_url: str, tmp_path: Path, procs: lis
                       hook("other", "{$OLD}", "globex")])
     # Only gateway "full" has NEW in its environment: "short" cannot resolve the next version.
     full = GatewayProcess(store_url, {"OLD": OLD, "NEW": NEW}, gateway_id="gw-full",
-                          args=("--labels", "canary=true")).start()
+                          args=("--labels", "canary=true"))
     short = GatewayProcess(store_url, {"OLD": OLD}, gateway_id="gw-short",
-                           args=("--labels", "zone=b")).start()
+                           args=("--labels", "zone=b"))
     procs += [full, short]
+    start_all([full, short])
     first = fleet.status(r1, lambda s: s["complete"] and s["live"] == 2)
     assert first["refusals"] == [] and all(g["refused"] == [] for g in first["gateways"])
 

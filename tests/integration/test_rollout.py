@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from cli.processes import ControlPlaneProcess, GatewayProcess, github_signature
+from cli.processes import ControlPlaneProcess, GatewayProcess, github_signature, start_all
 from cli.servers import EtcdServer, VaultServer
 
 SECRET_A, SECRET_B = "secret-version-a", "secret-version-b"
@@ -67,8 +67,9 @@ def test_apply_reaches_two_gateways_and_rollout_status(
     cp = ControlPlaneProcess(store_url).start()
     procs.append(cp)
     cp.whctl("apply", "-f", str(write(tmp_path / "ns.yaml", [ns("acme")])), check=True)
-    gws = [GatewayProcess(store_url, GW_ENV).start() for _ in range(2)]
+    gws = [GatewayProcess(store_url, GW_ENV) for _ in range(2)]
     procs.extend(gws)
+    start_all(gws)
     cfg = write(tmp_path / "hooks.yaml", [hook("push")])
     applied = cp.whctl("apply", "-f", str(cfg), "-o", "json", check=True)
     revision = json.loads(applied.stdout)["revision"]
@@ -99,8 +100,9 @@ def test_large_apply_is_never_served_mixed(
     names = [f"h{i:04d}" for i in range(n)]
     v1 = write(tmp_path / "v1.yaml", [ns("acme")] + [hook(x) for x in names])
     cp.whctl("apply", "-f", str(v1), check=True)
-    gws = [GatewayProcess(store_url, GW_ENV).start() for _ in range(2)]
+    gws = [GatewayProcess(store_url, GW_ENV) for _ in range(2)]
     procs.extend(gws)
+    start_all(gws)
     v2 = write(tmp_path / "v2.yaml", [ns("acme")] + [hook(x, "{$SECRET_B}") for x in names])
     stop = threading.Event()
     seen: list[tuple[int, int, str]] = []
