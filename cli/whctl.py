@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import httpx
 import typer
@@ -45,15 +45,10 @@ from cli.common import (
 )
 from cli.rollout import follow, parse_duration
 from providers.errors import DocumentError, DocumentErrors, Location
-from providers.loader import (
-    parse_text,
-    plaintext_secrets,
-    private_destinations,
-    read_texts,
-    validate_documents,
-)
-from providers.resources import AnyResource
 from providers.rollout import parse_selector
+
+if TYPE_CHECKING:
+    from providers.resources import AnyResource
 
 # Plain click help: rich's panels cut option names at 80 columns and print types as
 # `<list[Path]>`; click's lines keep every name whole and say PATH, INTEGER, [table|json].
@@ -173,6 +168,10 @@ def load_files(paths: Sequence[Path], plaintext_remedy: str | None = None) -> Lo
     is sent. A file that cannot be read does not stop the others from being checked. With
     `plaintext_remedy`, literal secrets are errors too, in every document that validated.
     """
+    # Imported here: the resource models take most of whctl's start-up, and only the commands
+    # that read files need them (`gateways`, `rollout status`, `get` ... start without).
+    from providers.loader import parse_text, plaintext_secrets, read_texts, validate_documents
+
     texts, errors = read_texts(paths)
     parsed: list[tuple[Location, object]] = []
     empty: list[str] = []
@@ -189,7 +188,7 @@ def load_files(paths: Sequence[Path], plaintext_remedy: str | None = None) -> Lo
         validated = validate_documents(parsed)
     except DocumentErrors as exc:
         errors += exc.errors
-        validated = cast(list[tuple[Location, AnyResource]], list(exc.valid))
+        validated = cast("list[tuple[Location, AnyResource]]", list(exc.valid))
     if plaintext_remedy is not None:
         written = {id(loc): doc for loc, doc in parsed}
         errors += plaintext_secrets(validated, plaintext_remedy,
@@ -200,6 +199,8 @@ def load_files(paths: Sequence[Path], plaintext_remedy: str | None = None) -> Lo
 
 def _load(paths: Sequence[Path], *, exit_code: int, plaintext_remedy: str | None = None
           ) -> Loaded:
+    from providers.loader import private_destinations
+
     loaded = load_files(paths, plaintext_remedy)
     for source in loaded.empty:
         render.print_warning(err, f"{source}: no resources in this file (empty, or only "
