@@ -13,10 +13,8 @@ as `make up` runs it), then, in fresh shells that know nothing of the venv:
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from cli.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -39,16 +39,10 @@ FRESH = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", 
 
 
 def _free_block() -> int:
-    for _ in range(50):
-        base = random.randrange(20000, 40000)
-        try:
-            for port in (base, base + 10, base + 11):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
+    """A base port whose next eleven are free too (`whplane up` takes port, port+10 and
+    port+11), reserved like every port the test servers take, so a parallel test worker does
+    not pick one of them meanwhile."""
+    return free_port(consecutive=12)
 
 
 @dataclass

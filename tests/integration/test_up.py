@@ -4,29 +4,23 @@ process behind."""
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from cli.servers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_block() -> int:
-    for _ in range(50):
-        base = random.randrange(20000, 40000)
-        try:
-            for port in (base, base + 10, base + 11):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
+    """A base port whose next eleven are free too (`whplane up` takes port, port+10 and
+    port+11), reserved like every port the test servers take, so a parallel test worker does
+    not pick one of them meanwhile."""
+    return free_port(consecutive=12)
 
 
 def _processes_mentioning(text: str) -> list[int]:
