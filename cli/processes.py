@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from cli.servers import die_with_parent_hook, free_port
+from cli.servers.registry import make_owned_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,8 @@ class GatewayProcess:
         self.config = config
         self.port = port or free_port()
         self.gateway_id = gateway_id or f"gw-{self.port}"
-        self.state_dir = Path(tempfile.mkdtemp(prefix="whplane-gw-"))
+        # Kept until this process exits (a restart reuses it; tests read the log after stop).
+        self.state_dir = make_owned_dir("gw")
         self.log_path = self.state_dir / "gateway.log"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("WH_", "VAULT_"))},
@@ -124,7 +125,7 @@ class ControlPlaneProcess:
         self.store = store
         self.admin_token = admin_token
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="whplane-cp-"))
+        self.dir = make_owned_dir("cp")
         self.log_path = self.dir / "control-plane.log"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("WH_", "VAULT_"))},
