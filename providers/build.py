@@ -58,7 +58,6 @@ class Prepared(NamedTuple):
     resource: AnyResource  # as written: references not resolved
     sites: tuple[reference_fields.Site, ...]  # where its references are
     vault_paths: frozenset[str]
-    revision: int
     shape: shapes.Shape | None = None  # when this is a shape's preparation (`Shaped`)
 
 
@@ -122,26 +121,42 @@ class Indexes:
 
 
 def plan(batch: ChangeBatch) -> Plan:
-    prepared: list[Prepared] = []
-    failed: list[tuple[ResourceKey, RawDoc, Failed]] = []
-    shaped = _Shapes(batch.revision)
+    ahead = getattr(batch.puts, "planned", None)  # a full read planned as it arrived
+    if isinstance(ahead, Planner):
+        return ahead.finish()
+    planner = Planner()
     for key, raw in batch.puts.items():
+        planner.add(key, raw)
+    return planner.finish()
+
+
+class Planner:
+    """A plan made a document at a time: a full read is planned page by page as it arrives,
+    while the store reads the next page (providers/paged_docs.py)."""
+
+    def __init__(self) -> None:
+        self._prepared: list[Prepared] = []
+        self._failed: list[tuple[ResourceKey, RawDoc, Failed]] = []
+        self._shapes = _Shapes()
+
+    def add(self, key: ResourceKey, raw: RawDoc) -> None:
         try:
-            if not isinstance(raw, bytes) or not shaped.add(key, raw):
-                prepared.append(prepare(key, raw, batch.revision))
+            if not isinstance(raw, bytes) or not self._shapes.add(key, raw):
+                self._prepared.append(prepare(key, raw))
         except Failed as exc:
-            failed.append((key, raw, exc))
+            self._failed.append((key, raw, exc))
         except Exception as exc:  # a bug must cost one document, never the whole config
             log.exception("unexpected error preparing %s", key)
-            failed.append((key, raw, Failed(f"cannot be read ({type(exc).__name__})")))
-    return Plan(tuple(prepared), tuple(failed), shaped.found)
+            self._failed.append((key, raw, Failed(f"cannot be read ({type(exc).__name__})")))
+
+    def finish(self) -> Plan:
+        return Plan(tuple(self._prepared), tuple(self._failed), self._shapes.found)
 
 
 class _Shapes:
     """The shapes of one batch's documents, each prepared once (providers/shapes.py)."""
 
-    def __init__(self, revision: int) -> None:
-        self._revision = revision
+    def __init__(self) -> None:
         self._templates: dict[bytes, Prepared | None] = {}
         # (shape, namespace) -> why the tenant rules refuse it (None: they do not)
         self._tenant: dict[tuple[bytes, str], str | None] = {}
@@ -181,7 +196,7 @@ class _Shapes:
                                   shapes.NAME_PLACEHOLDER)
         try:
             # The tenant rules read the namespace: checked for each namespace, with its own.
-            template = prepare(placeholder, shape.text, self._revision, tenant_rules=False)
+            template = prepare(placeholder, shape.text, tenant_rules=False)
         except Failed:
             return None
         if not shapes.fits(template.resource, key.kind, global_):
@@ -204,7 +219,7 @@ class _Shapes:
 _UNKNOWN: Any = object()
 
 
-def prepare(key: ResourceKey, raw: RawDoc, revision: int, tenant_rules: bool = True) -> Prepared:
+def prepare(key: ResourceKey, raw: RawDoc, tenant_rules: bool = True) -> Prepared:
     """Validate the document as written and hold it to the rules, before any secret is read.
 
     References are resolved later, and only in the fields that take them (see
@@ -239,7 +254,7 @@ def prepare(key: ResourceKey, raw: RawDoc, revision: int, tenant_rules: bool = T
             paths.update(r.path for r in parse(site.text).refs if isinstance(r, VaultRef))
         except ReferenceError_ as exc:
             raise Failed(f"{site.path}: {exc}") from None
-    return Prepared(key, raw, resource, tuple(sites), frozenset(paths) or _NO_PATHS, revision)
+    return Prepared(key, raw, resource, tuple(sites), frozenset(paths) or _NO_PATHS)
 
 
 def _validate_written(key: ResourceKey, raw: RawDoc) -> AnyResource:
@@ -300,13 +315,13 @@ def build_snapshot(
     memo = _Memo()  # resolved references and what they make, for this build only
     for p in planned.prepared:
         try:
-            _build_one(p, entries, errors, batch.full, memo, resolve, indexes)
+            _build_one(p, entries, errors, batch.full, batch.revision, memo, resolve, indexes)
         except Exception as exc:  # as in `plan`: one document, never the whole config
             log.exception("unexpected error building %s", p.key)
             _fail(p.key, p.raw, Failed(f"cannot be built ({type(exc).__name__})"), entries,
                   errors, indexes)
-    refused = _build_shaped(planned.shaped, entries, errors, batch.full, memo, resolve,
-                            indexes)
+    refused = _build_shaped(planned.shaped, entries, errors, batch.full, batch.revision, memo,
+                            resolve, indexes)
     for key in batch.deletes:
         indexes.retry.pop(key, None)
         if str(key) in errors:
@@ -366,7 +381,7 @@ def _resolved(p: Prepared, memo: _Memo, resolve: Callable[[Ref], str]) -> AnyRes
 
 
 def _build_one(
-    p: Prepared, entries: Entries, errors: Errors, full: bool, memo: _Memo,
+    p: Prepared, entries: Entries, errors: Errors, full: bool, revision: int, memo: _Memo,
     resolve: Callable[[Ref], str], indexes: Indexes,
 ) -> None:
     try:
@@ -377,7 +392,7 @@ def _build_one(
     except Failed as exc:
         _fail(p.key, p.raw, exc, entries, errors, indexes)
         return
-    _put(p.key, Entry(p.raw, resource, p.vault_paths, p.revision), entries, errors, full,
+    _put(p.key, Entry(p.raw, resource, p.vault_paths, revision), entries, errors, full,
          indexes)
 
 
@@ -396,7 +411,7 @@ def _put(key: ResourceKey, entry: Entry, entries: Entries, errors: Errors, full:
 
 
 def _build_shaped(
-    shaped: Shaped, entries: Entries, errors: Errors, full: bool, memo: _Memo,
+    shaped: Shaped, entries: Entries, errors: Errors, full: bool, revision: int, memo: _Memo,
     resolve: Callable[[Ref], str], indexes: Indexes,
 ) -> list[ResourceKey]:
     """Every document of a shape is the shape's resolved resource with its own names:
@@ -422,7 +437,7 @@ def _build_shaped(
                 refused.append(key)
             continue
         cnames = base.spec.connections() if isinstance(base, Webhook) else ()
-        paths, revision = template.vault_paths, template.revision
+        paths = template.vault_paths
         for ns, keys in by_ns.items():
             if not full:
                 for key in keys:

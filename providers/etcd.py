@@ -41,7 +41,13 @@ from aetcd import rpc
 
 from providers.backoff import backoff
 from providers.errors import ProviderError, RevisionCompacted, StoreUnavailable
-from providers.etcd_conn import EtcdConnection, EtcdSettings, describe, range_pages
+from providers.etcd_conn import (
+    FULL_READ_PAGE_BYTES,
+    EtcdConnection,
+    EtcdSettings,
+    describe,
+    range_pages,
+)
 from providers.paged_docs import PagedDocs
 from providers.provider import ChangeBatch, ProviderState, ProviderStatus, RawDoc
 from providers.resources import GLOBAL, KINDS, ResourceKey
@@ -126,7 +132,7 @@ class EtcdProvider:
 
     async def load(self) -> ChangeBatch:
         try:
-            loaded = await self._conn.call(self._range_all)
+            loaded = await self._conn.call(self._range_all, paged=True)
         except StoreUnavailable as exc:
             self._mark_down(exc)
             raise
@@ -160,7 +166,8 @@ class EtcdProvider:
         marker: Marker | None = None
         canary_kv: Any = None
         prefix = self._resources
-        async for page in range_pages(client, self._start, self._end, timeout):
+        async for page in range_pages(client, self._start, self._end, timeout, page=5_000,
+                                      page_bytes=FULL_READ_PAGE_BYTES):
             if header is None:
                 header = page.header
             kvs = page.kvs

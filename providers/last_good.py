@@ -21,9 +21,10 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from providers.model import NAME_RE
 from providers.provider import ChangeBatch, RawDoc
@@ -39,21 +40,51 @@ def default_state_dir(env: dict[str, str] | None = None) -> Path:
     return Path(base) / "whplane"
 
 
-def _line(key: ResourceKey, raw: RawDoc | None) -> str:
+def _line(key: ResourceKey, raw: RawDoc | None) -> bytes:
     if raw is None:
-        return f'{{"key":{_key_json(key)},"deleted":true}}\n'
-    doc = raw.decode() if isinstance(raw, bytes) else json.dumps(raw)
-    return f'{{"key":{_key_json(key)},"doc":{doc}}}\n'
+        return b'{"key":' + _key_json(key) + b',"deleted":true}\n'
+    doc = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+    return b"".join((b'{"key":', _key_json(key), b',"doc":', doc, b"}\n"))
 
 
-def _key_json(key: ResourceKey) -> str:
+def _key_json(key: ResourceKey) -> bytes:
     kind, namespace, name = key
     # Names as the model takes them need no escaping (a whole file of keys is written at once).
     if kind in KINDS and NAME_RE.fullmatch(name) and (
             namespace is None or NAME_RE.fullmatch(namespace)):
-        return f'["{kind}", "{namespace}", "{name}"]' if namespace is not None else (
-            f'["{kind}", null, "{name}"]')
-    return json.dumps(list(key))
+        ns = b"null" if namespace is None else b'"' + namespace.encode() + b'"'
+        return b'["' + kind.encode() + b'", ' + ns + b', "' + name.encode() + b'"]'
+    return json.dumps(list(key)).encode()
+
+
+def _parse_line(line: bytes) -> dict[str, Any]:
+    """A line of the file; a document stays the bytes it was written as (validated, and
+    its shape found, like a document read from the store)."""
+    # `_line` writes {"key":KEY,"doc":DOC}: the first ',"doc":' ends KEY (a quote inside a
+    # JSON string is escaped), and the line ends with the document's closing brace.
+    if line.startswith(b'{"key":') and line.endswith(b"}\n"):
+        at = line.find(b',"doc":')
+        if at > 0:
+            doc = line[at + 7:-2]
+            if doc.startswith(b"{") and doc.endswith(b"}"):
+                return {"key": json.loads(line[7:at]), "doc": doc}
+    item = json.loads(line)
+    if not isinstance(item, dict):
+        raise ValueError(f"not a line of this file: {type(item).__name__}")
+    return item
+
+
+# Lines formatted between two moments the writing thread lets go of the interpreter: a whole
+# file is seconds of work at a million documents, and the event loop must not wait for it.
+_CHUNK = 256
+
+
+def _write_chunk(f: BinaryIO, chunk: list[bytes]) -> int:
+    n = len(chunk)
+    f.write(b"".join(chunk))
+    chunk.clear()
+    time.sleep(0)  # let a waiting event loop take the GIL now, not after the switch interval
+    return n
 
 
 class LastGood:
@@ -78,19 +109,15 @@ class LastGood:
         fd, tmp = tempfile.mkstemp(prefix=".last-good-", dir=self.path.parent)
         written = 0
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with os.fdopen(fd, "wb") as f:
                 f.write(json.dumps({"format": FORMAT, "revision": revision, "source": source,
-                                    "docs": count}))
-                f.write("\n")
-                chunk: list[str] = []
+                                    "docs": count}).encode() + b"\n")
+                chunk: list[bytes] = []
                 for key, raw in docs:
                     chunk.append(_line(key, raw))
-                    if len(chunk) == 1000:
-                        f.write("".join(chunk))
-                        written += len(chunk)
-                        chunk.clear()
-                f.write("".join(chunk))
-                written += len(chunk)
+                    if len(chunk) == _CHUNK:
+                        written += _write_chunk(f, chunk)
+                written += _write_chunk(f, chunk)
                 if written != count:
                     raise ValueError(f"{written} documents written, {count} announced")
                 f.flush()
@@ -104,8 +131,8 @@ class LastGood:
     def append(self, revision: int, changes: Iterable[tuple[ResourceKey, RawDoc | None]]) -> None:
         """Add one revision's changes (None: deleted) to a file `write` made (blocking)."""
         lines = [_line(key, raw) for key, raw in changes]
-        lines.append(f'{{"revision":{int(revision)}}}\n')
-        with self.path.open("a", encoding="utf-8") as f:
+        lines.append(b'{"revision":%d}\n' % int(revision))
+        with self.path.open("ab") as f:
             f.writelines(lines)
             f.flush()
             os.fsync(f.fileno())
@@ -114,7 +141,7 @@ class LastGood:
     def read(self, source: str) -> ChangeBatch | None:
         """The saved config as a full batch, or None if there is none for this source."""
         try:
-            with self.path.open(encoding="utf-8") as f:
+            with self.path.open("rb") as f:
                 header = json.loads(f.readline())
                 if header.get("format") != FORMAT:
                     log.warning("ignoring %s: unknown format %r", self.path, header.get("format"))
@@ -130,7 +157,7 @@ class LastGood:
                 pending: list[dict[str, Any]] = []
                 for n, line in enumerate(f):
                     try:
-                        item = json.loads(line)
+                        item = _parse_line(line)
                     except ValueError:
                         if base is not None and n >= base:
                             break  # a torn append: its revision never committed

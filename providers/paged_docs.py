@@ -14,17 +14,23 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from typing import Any
 
+from providers.build import Planner
 from providers.resources import ResourceKey
 
 
 class PagedDocs(Mapping[ResourceKey, bytes]):
-    """Resource key -> stored document, the documents read from key-value pages on access."""
+    """Resource key -> stored document, the documents read from key-value pages on access.
+
+    Each page is also planned as it is added (`planned`, providers/build.py), while the store
+    reads the next one: the snapshot build then starts from a plan already made.
+    """
 
     def __init__(self) -> None:
         # (the page's key-values, the resource key of each, None where it is not a resource)
         self._pages: list[tuple[Sequence[Any], list[ResourceKey | None]]] = []
         self._keys: dict[ResourceKey, None] = {}
         self._at: dict[ResourceKey, tuple[int, int]] | None = None  # built on first lookup
+        self.planned = Planner()
 
     def add_page(self, kvs: Sequence[Any], keys: list[ResourceKey | None]) -> None:
         """Add a page: its key-values and the resource key of each (None: not a resource).
@@ -32,6 +38,10 @@ class PagedDocs(Mapping[ResourceKey, bytes]):
         self._pages.append((kvs, keys))
         self._keys.update(dict.fromkeys(k for k in keys if k is not None))
         self._at = None
+        add = self.planned.add
+        for key, kv in zip(keys, kvs, strict=True):
+            if key is not None:
+                add(key, kv.value)
 
     def __len__(self) -> int:
         return len(self._keys)
