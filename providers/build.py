@@ -37,7 +37,7 @@ from providers.resources import (
     find_connection,
     key_of,
 )
-from providers.snapshot import Entry, Snapshot, dangling
+from providers.snapshot import Entry, Snapshot, dangling, new_entry
 
 log = logging.getLogger(__name__)
 _NO_PATHS: frozenset[str] = frozenset()
@@ -258,15 +258,14 @@ def prepare(key: ResourceKey, raw: RawDoc, tenant_rules: bool = True) -> Prepare
 
 
 def _validate_written(key: ResourceKey, raw: RawDoc) -> AnyResource:
-    location = Location(str(key))
     try:
         if isinstance(raw, bytes):
             try:
                 return RESOURCE_ADAPTER.validate_json(raw)
             except ValueError:
                 # Slow path only for invalid values: re-parse for a precise message.
-                return validate_document(parse_bytes(raw), location)
-        return validate_document(raw, location)
+                return validate_document(parse_bytes(raw), Location(str(key)))
+        return validate_document(raw, Location(str(key)))
     except DocumentErrors as exc:
         raise Failed("; ".join(f"{e.path}: {e.reason}" for e in exc.errors)) from None
 
@@ -445,8 +444,8 @@ def _build_shaped(
                     if old is not None:
                         indexes.remove(key, old)
             for key in keys:
-                entries[key] = Entry(b"", shapes.renamed(base, key.name, ns), paths, revision,
-                                     shape)
+                entries[key] = new_entry(shapes.renamed(base, key.name, ns), paths, revision,
+                                         shape)
             for cname in cnames:
                 conn_users.setdefault(cname, set()).update(keys)
             for path in paths:

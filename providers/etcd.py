@@ -503,7 +503,7 @@ class _KeyParser:
             kind = self._kinds.get(kind_b)
             ns = self._namespaces.get(ns_b, _UNSEEN)
             if kind is not None and ns is not _UNSEEN and name_b.isascii():
-                return ResourceKey(kind, ns, name_b.decode())
+                return _new_tuple(ResourceKey, (kind, ns, name_b.decode()))  # type: ignore[no-any-return]
         try:  # the general path, which also words the errors
             rkey = parse_resource_key(self._prefix, key.decode())
         except (ValueError, UnicodeDecodeError) as exc:
@@ -526,6 +526,7 @@ class _KeyParser:
 
 
 _UNSEEN: Any = object()
+_new_tuple: Any = tuple.__new__  # ResourceKey(...) without its Python-level __new__
 
 
 def with_revision(canary: Canary, mod_revision: int) -> Canary:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from immutables import Map
 
@@ -30,45 +31,53 @@ from providers.resources import (
 from providers.shapes import Shape
 
 
-class Entry:
-    """One resource in force: the document as stored (references unresolved) and resolved.
-
-    A document of a shape (providers/shapes.py) keeps the shape, shared with every document
-    like it, instead of its own bytes: `raw` renders them from the shape and the resource's
-    name and namespace.
-    """
-
-    __slots__ = ("_stored", "resource", "revision", "shape", "vault_paths")
-    _stored: RawDoc
+class _EntryFields(NamedTuple):
+    stored: RawDoc  # the document's bytes (or mapping); empty when `shape` gives them
     resource: AnyResource
     vault_paths: frozenset[str]
     revision: int
     shape: Shape | None
 
-    def __init__(self, raw: RawDoc, resource: AnyResource,
-                 vault_paths: frozenset[str] = frozenset(), revision: int = 0,
-                 shape: Shape | None = None) -> None:
-        setattr_ = object.__setattr__
-        setattr_(self, "_stored", b"" if shape is not None else raw)
-        setattr_(self, "resource", resource)
-        setattr_(self, "vault_paths", vault_paths)
-        setattr_(self, "revision", revision)
-        setattr_(self, "shape", shape)
+
+class Entry(_EntryFields):
+    """One resource in force: the document as stored (references unresolved) and resolved.
+
+    A document of a shape (providers/shapes.py) keeps the shape, shared with every document
+    like it, instead of its own bytes: `raw` renders them from the shape and the resource's
+    name and namespace.
+
+    A tuple: immutable, and made in a sixth of the time of a frozen dataclass, which counts at
+    a million entries (`new_entry`).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, raw: RawDoc, resource: AnyResource,
+                vault_paths: frozenset[str] = frozenset(), revision: int = 0,
+                shape: Shape | None = None) -> Entry:
+        return tuple.__new__(cls, (b"" if shape is not None else raw, resource, vault_paths,
+                                   revision, shape))
 
     @property
     def raw(self) -> RawDoc:
         shape = self.shape
         if shape is None:
-            return self._stored
+            return self.stored
         md = self.resource.metadata
         return shape.render(md.name, md.namespace)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Entry is immutable: cannot set {name}")
 
     def __repr__(self) -> str:
         return (f"Entry(resource={self.resource!r}, vault_paths={self.vault_paths!r}, "
                 f"revision={self.revision!r})")
+
+
+def new_entry(resource: AnyResource, vault_paths: frozenset[str], revision: int,
+              shape: Shape) -> Entry:
+    """`Entry(b"", resource, vault_paths, revision, shape)`, without the Python-level call."""
+    return _new_tuple(Entry, (b"", resource, vault_paths, revision, shape))  # type: ignore[no-any-return]
+
+
+_new_tuple: Any = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
