@@ -495,15 +495,24 @@ class _KeyParser:
         self._skip = len((prefix + RESOURCES).encode())
         self._kinds = {kind.encode(): kind for kind in KINDS}
         self._namespaces: dict[bytes, str | None] = {GLOBAL.encode(): None}
+        # `{prefix}resources/<ns>/<Kind>/` of the last key, and its kind and namespace: keys
+        # come sorted, so most share it with the one before.
+        self._last: tuple[bytes, str, str | None] = (b"\xff", "", None)
 
     def parse(self, key: bytes, errors: list[str]) -> ResourceKey | None:
+        start, kind, ns = self._last
+        if key.startswith(start):
+            name_b = key[len(start):]
+            if name_b and b"/" not in name_b and name_b.isascii():
+                return _new_tuple(ResourceKey, (kind, ns, name_b.decode()))  # type: ignore[no-any-return]
         parts = key[self._skip:].split(b"/")
         if len(parts) == 3 and parts[0] and parts[2]:
             ns_b, kind_b, name_b = parts
-            kind = self._kinds.get(kind_b)
-            ns = self._namespaces.get(ns_b, _UNSEEN)
-            if kind is not None and ns is not _UNSEEN and name_b.isascii():
-                return _new_tuple(ResourceKey, (kind, ns, name_b.decode()))  # type: ignore[no-any-return]
+            known_kind = self._kinds.get(kind_b)
+            known_ns = self._namespaces.get(ns_b, _UNSEEN)
+            if known_kind is not None and known_ns is not _UNSEEN and name_b.isascii():
+                self._last = (key[:len(key) - len(name_b)], known_kind, known_ns)
+                return _new_tuple(ResourceKey, (known_kind, known_ns, name_b.decode()))  # type: ignore[no-any-return]
         try:  # the general path, which also words the errors
             rkey = parse_resource_key(self._prefix, key.decode())
         except (ValueError, UnicodeDecodeError) as exc:
