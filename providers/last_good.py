@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 from providers.model import NAME_RE
 from providers.provider import ChangeBatch, RawDoc
 from providers.resources import KINDS, ResourceKey
+from providers.shapes import is_name
 
 log = logging.getLogger(__name__)
 FORMAT = "whplane-last-good/1"
@@ -38,6 +39,28 @@ def default_state_dir(env: dict[str, str] | None = None) -> Path:
     env = dict(os.environ) if env is None else env
     base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "whplane"
+
+
+class _Lines:
+    """`_line` for the documents of one whole file: the start of a line is the same for every
+    key of a kind and namespace, and made once for them."""
+
+    def __init__(self) -> None:
+        self._starts: dict[tuple[str, str | None], bytes | None] = {}
+
+    def __call__(self, key: ResourceKey, raw: RawDoc) -> bytes:
+        kind, namespace, name = key
+        start = self._starts.get((kind, namespace), _UNSET)
+        if start is _UNSET:
+            start = self._starts[(kind, namespace)] = (
+                _key_json(ResourceKey(kind, namespace, "x"))[:-3]
+                if kind in KINDS and (namespace is None or is_name(namespace)) else None)
+        if start is None or not is_name(name) or not isinstance(raw, bytes):
+            return _line(key, raw)
+        return b"".join((b'{"key":', start, name.encode(), b'"],"doc":', raw, b"}\n"))
+
+
+_UNSET: Any = object()
 
 
 def _line(key: ResourceKey, raw: RawDoc | None) -> bytes:
@@ -76,7 +99,7 @@ def _parse_line(line: bytes) -> dict[str, Any]:
 
 # Lines formatted between two moments the writing thread lets go of the interpreter: a whole
 # file is seconds of work at a million documents, and the event loop must not wait for it.
-_CHUNK = 256
+_CHUNK = 64
 
 
 def _write_chunk(f: BinaryIO, chunk: list[bytes]) -> int:
@@ -113,8 +136,9 @@ class LastGood:
                 f.write(json.dumps({"format": FORMAT, "revision": revision, "source": source,
                                     "docs": count}).encode() + b"\n")
                 chunk: list[bytes] = []
+                line = _Lines()
                 for key, raw in docs:
-                    chunk.append(_line(key, raw))
+                    chunk.append(line(key, raw))
                     if len(chunk) == _CHUNK:
                         written += _write_chunk(f, chunk)
                 written += _write_chunk(f, chunk)

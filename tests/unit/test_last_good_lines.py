@@ -62,3 +62,13 @@ def test_count_must_match(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         lg.write(1, [(key, b"{}")], "src", count=2)
     assert not lg.path.exists() and not list(tmp_path.iterdir())
+
+
+def test_lines_of_a_whole_file_are_the_general_lines() -> None:
+    from providers.last_good import _line, _Lines
+
+    lines = _Lines()
+    for key in (ResourceKey("Webhook", "ns-1", "h"), ResourceKey("Webhook", "ns-1", "h2"),
+                ResourceKey("Namespace", None, "a"), ResourceKey("Webhook", "ns-1", "H"),
+                ResourceKey("Webhook", "N", "h"), ResourceKey("Other", "ns-1", "h")):
+        assert lines(key, b'{"x": 1}') == _line(key, b'{"x": 1}'), key

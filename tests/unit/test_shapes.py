@@ -75,6 +75,23 @@ def test_cut_and_render_give_the_bytes_back() -> None:
         assert shapes.cut("h2", "t9", other) == found
 
 
+def test_render_in_either_order_and_without_namespace() -> None:
+    flipped = hook("h1", "t1")
+    flipped["metadata"] = {"namespace": "t1", "labels": {"a": "b"}, "name": "h1"}
+    docs = [(("h1", "t1"), raw(flipped)), (("h1", "t1"), raw(hook("h1", "t1"))),
+            (("n1", None), raw(namespace("n1"))),
+            (("n1", None), raw(namespace("n1"), separators=(",", ":")))]
+    for (name, ns), doc in docs:
+        found = shapes.cut(name, ns, doc)
+        assert found is not None
+        shape = shapes.Shape(*found)
+        assert shape._cut is not None  # the joined path, not the searching one
+        assert shape.render(name, ns) == doc
+        other = shape.render("zz-9", "y" if ns else None)
+        assert other == doc.replace(f'"{name}"'.encode(), b'"zz-9"').replace(
+            f'"{ns}"'.encode(), b'"y"')
+
+
 def test_no_shape_for_names_that_are_not_names_or_not_there() -> None:
     assert shapes.cut("H1", "t1", raw(hook("H1", "t1"))) is None  # not a name
     assert shapes.cut("h1", "T1", raw(hook("h1", "T1"))) is None
