@@ -159,7 +159,7 @@ class _Shapes:
     def __init__(self) -> None:
         self._templates: dict[bytes, Prepared | None] = {}
         # (shape, namespace) -> why the tenant rules refuse it (None: they do not)
-        self._tenant: dict[tuple[bytes, str], str | None] = {}
+        self._tenant: dict[tuple[int, str], str | None] = {}
         self._cut = shapes.Cutter()
         self.found = Shaped()
 
@@ -204,8 +204,7 @@ class _Shapes:
         return template._replace(shape=shape)
 
     def _tenant_rules(self, template: Prepared, namespace: str, raw: bytes) -> None:
-        assert template.shape is not None
-        at = (template.shape.text, namespace)
+        at = (id(template), namespace)
         if at not in self._tenant:
             # Nothing in them reads the name: one document answers for its shape there.
             refused = sandbox.tenant_problems(parse_bytes(raw), namespace)

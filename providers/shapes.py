@@ -40,16 +40,23 @@ R = TypeVar("R")
 class Shape:
     """A document with placeholders for its name and namespace."""
 
-    text: bytes
+    _text: bytes  # given whole; kept only when `_cut` could not be made
     name_field: bytes  # how the document writes the name field: `"name": "`
     namespace_field: bytes | None  # None: a global resource, no namespace in the key
     # The text around the placeholders, when each appears once: (before, between, after,
     # whether the name comes first). Rendering a million documents (the last good file) joins
-    # these rather than searching the text twice for each.
+    # these rather than searching the text twice for each; they stand in for the text.
     _cut: tuple[bytes, bytes, bytes, bool] | None = field(default=None, init=False)
 
+    @property
+    def text(self) -> bytes:
+        if self._cut is None:
+            return self._text
+        return self.render(NAME_PLACEHOLDER,
+                           None if self.namespace_field is None else NAMESPACE_PLACEHOLDER)
+
     def __post_init__(self) -> None:
-        name_at = self.text.split(self.name_field + _NAME_PH)
+        name_at = self._text.split(self.name_field + _NAME_PH)
         if len(name_at) != 2:
             return
         if self.namespace_field is None:
@@ -67,6 +74,7 @@ class Shape:
             else:
                 return
         object.__setattr__(self, "_cut", cut)
+        object.__setattr__(self, "_text", b"")
 
     def render(self, name: str, namespace: str | None) -> bytes:
         """The stored document of that name and namespace."""
@@ -77,7 +85,7 @@ class Shape:
                 return b"".join((before, name.encode(), between))
             first, second = (name, namespace) if name_first else (namespace, name)
             return b"".join((before, first.encode(), between, second.encode(), after))
-        out = self.text.replace(self.name_field + _NAME_PH,
+        out = self._text.replace(self.name_field + _NAME_PH,
                                 self.name_field + name.encode() + b'"', 1)
         if self.namespace_field is not None and namespace is not None:
             out = out.replace(self.namespace_field + _NAMESPACE_PH,
