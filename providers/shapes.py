@@ -23,7 +23,7 @@ snapshot keeps each shape once instead of each document's bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from providers.resources import Connection, Metadata, Namespace, Webhook
@@ -40,52 +40,13 @@ R = TypeVar("R")
 class Shape:
     """A document with placeholders for its name and namespace."""
 
-    _text: bytes  # given whole; kept only when `_cut` could not be made
+    text: bytes
     name_field: bytes  # how the document writes the name field: `"name": "`
     namespace_field: bytes | None  # None: a global resource, no namespace in the key
-    # The text around the placeholders, when each appears once: (before, between, after,
-    # whether the name comes first). Rendering a million documents (the last good file) joins
-    # these rather than searching the text twice for each; they stand in for the text.
-    _cut: tuple[bytes, bytes, bytes, bool] | None = field(default=None, init=False)
-
-    @property
-    def text(self) -> bytes:
-        if self._cut is None:
-            return self._text
-        return self.render(NAME_PLACEHOLDER,
-                           None if self.namespace_field is None else NAMESPACE_PLACEHOLDER)
-
-    def __post_init__(self) -> None:
-        name_at = self._text.split(self.name_field + _NAME_PH)
-        if len(name_at) != 2:
-            return
-        if self.namespace_field is None:
-            cut = (name_at[0] + self.name_field, b'"' + name_at[1], b"", True)
-        else:
-            ns = self.namespace_field + _NAMESPACE_PH
-            if name_at[0].count(ns) == 1 and ns not in name_at[1]:
-                a, b = name_at[0].split(ns)
-                cut = (a + self.namespace_field, b'"' + b + self.name_field,
-                       b'"' + name_at[1], False)
-            elif ns in name_at[1] and ns not in name_at[0] and name_at[1].count(ns) == 1:
-                b, c = name_at[1].split(ns)
-                cut = (name_at[0] + self.name_field, b'"' + b + self.namespace_field,
-                       b'"' + c, True)
-            else:
-                return
-        object.__setattr__(self, "_cut", cut)
-        object.__setattr__(self, "_text", b"")
 
     def render(self, name: str, namespace: str | None) -> bytes:
         """The stored document of that name and namespace."""
-        cut = self._cut
-        if cut is not None and (namespace is None) == (self.namespace_field is None):
-            before, between, after, name_first = cut
-            if namespace is None:
-                return b"".join((before, name.encode(), between))
-            first, second = (name, namespace) if name_first else (namespace, name)
-            return b"".join((before, first.encode(), between, second.encode(), after))
-        out = self._text.replace(self.name_field + _NAME_PH,
+        out = self.text.replace(self.name_field + _NAME_PH,
                                 self.name_field + name.encode() + b'"', 1)
         if self.namespace_field is not None and namespace is not None:
             out = out.replace(self.namespace_field + _NAMESPACE_PH,

@@ -85,7 +85,6 @@ def test_render_in_either_order_and_without_namespace() -> None:
         found = shapes.cut(name, ns, doc)
         assert found is not None
         shape = shapes.Shape(*found)
-        assert shape._cut is not None  # the joined path, not the searching one
         assert shape.render(name, ns) == doc
         other = shape.render("zz-9", "y" if ns else None)
         assert other == doc.replace(f'"{name}"'.encode(), b'"zz-9"').replace(
