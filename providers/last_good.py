@@ -97,16 +97,19 @@ def _parse_line(line: bytes) -> dict[str, Any]:
     return item
 
 
-# Lines formatted between two moments the writing thread lets go of the interpreter: a whole
-# file is seconds of work at a million documents, and the event loop must not wait for it.
+# Lines formatted between two moments the writing thread lets go of the interpreter, and how
+# long it then stays away: a whole file is seconds of work at a million documents, done while
+# the gateway serves, and the event loop must neither wait a switch interval for the GIL nor
+# share it half and half. The file takes longer; ready never waited for it.
 _CHUNK = 64
+_PAUSE_S = 0.0005
 
 
 def _write_chunk(f: BinaryIO, chunk: list[bytes]) -> int:
     n = len(chunk)
     f.write(b"".join(chunk))
     chunk.clear()
-    time.sleep(0)  # let a waiting event loop take the GIL now, not after the switch interval
+    time.sleep(_PAUSE_S)
     return n
 
 
