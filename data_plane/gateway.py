@@ -163,7 +163,7 @@ class Gateway:
         for task, result in zip(self._tasks, results, strict=True):
             if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
                 log.error("task %s ended with %r", task.get_name(), result)
-        await _bounded("last good config", self.holder.flush(), 10)
+        await _bounded("last good config", self.holder.flush(paced=False), 10)
         if self.registrar is not None:
             await _bounded("registration", self.registrar.close(), 5)
         await _bounded("config provider", self.provider.close(), 5)

@@ -287,8 +287,8 @@ class SnapshotHolder:
                 log.warning("could not save last good config: %s", exc)
             await asyncio.sleep(self._persist_interval_s)
 
-    async def flush(self) -> None:
-        """Write the last good config now (also used at shutdown).
+    async def flush(self, paced: bool = True) -> None:
+        """Write the last good config now (also used at shutdown, not `paced`).
 
         Only what changed since the last save is appended, so saving costs what the change
         costs; a full rewrite after a full reload, and when the journal has grown past the
@@ -307,7 +307,7 @@ class SnapshotHolder:
                 if everything or lg.journal_lines + len(keys) > max(10_000, lg.base_docs):
                     # The snapshot is immutable: the thread may walk it while the loop serves.
                     await asyncio.to_thread(lg.write, snap.revision, snap.raw_documents(),
-                                            self._source, len(snap))
+                                            self._source, len(snap), paced)
                 else:
                     changes = [(k, e.raw if (e := snap.entries.get(k)) is not None else None)
                                for k in keys]
