@@ -333,11 +333,19 @@ class ApiClient:
             title = ""
         if title == CONTROL_PLANE_TITLE:
             return None  # a control plane after all: its own 404 stands
-        if "gateway" in title:
+        if "gateway" in title or self._is_gateway():
             return (f"{self.server} is a whplane gateway, not a control plane: point --server "
                     "(or WHCTL_SERVER) at the control plane (whplane up prints its URL)")
         return (f"{self.server} does not serve the control-plane API (/v1): is it a whplane "
                 "control plane? (set the URL with --server or WHCTL_SERVER)")
+
+    def _is_gateway(self) -> bool:
+        # A gateway serves no OpenAPI page; its /status names its connection layer ("edge").
+        try:
+            status = self._http.get("/status", timeout=self.timeout).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return isinstance(status, dict) and "edge" in status
 
     # --- endpoints -----------------------------------------------------------------------------
 
