@@ -154,7 +154,7 @@ class PostgresServer(PortServer):
     def _prepare(self) -> None:
         if (self.data_dir / "PG_VERSION").is_file():
             return
-        bin_dir = postgres_bin_dir()
+        bin_dir = self._bin_dir()
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self._ids is not None:
             os.chown(self.data_dir, *self._ids)
@@ -166,6 +166,24 @@ class PostgresServer(PortServer):
         self._run_once([str(bin_dir / "postgres"), "--single", "-D", str(self.data_dir),
                         "-c", "fsync=off", "postgres"],
                        stdin=f"CREATE DATABASE {DATABASE};\n".encode())
+
+    def _bin_dir(self) -> Path:
+        """Where the server user can run the binaries from. Run as another user, a copy of
+        the installation in our directory: the venv may sit under a directory only root can
+        enter (a checkout in a private temporary directory, say)."""
+        bin_dir = postgres_bin_dir()
+        if self._ids is None:
+            return bin_dir
+        install = bin_dir.parent
+        # The wheel's binaries find their libraries at $ORIGIN/../../../pgserver.libs: the copy
+        # keeps that layout (<base>/pgserver/pginstall and <base>/pgserver.libs).
+        copy = self.base_dir / "pgserver" / "pginstall"
+        if not copy.is_dir():
+            shutil.copytree(install, copy, symlinks=True)
+            libs = install.parent.parent / "pgserver.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, self.base_dir / "pgserver.libs", symlinks=True)
+        return copy / "bin"
 
     def _run_once(self, argv: list[str], stdin: bytes | None) -> None:
         try:
@@ -183,7 +201,7 @@ class PostgresServer(PortServer):
 
     def _argv(self) -> list[str]:
         return self._as_server_user([
-            str(postgres_bin_dir() / "postgres"),
+            str(self._bin_dir() / "postgres"),
             "-D", str(self.data_dir),
             "-p", str(self.port),
             "-c", f"listen_addresses={LOOPBACK}",
