@@ -38,7 +38,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from data_plane import redis_keys as keys
 from data_plane.delivery import Delivery
 from data_plane.dlq import DLQ_MAXLEN, dead_letter_fields
-from data_plane.redis_batch import fail_waiters
+from data_plane.redis_batch import UNPACK_FIELDS, fail_waiters, pack
 from data_plane.redis_connect import RedisClient
 
 Entry = tuple[str, dict[bytes, bytes] | None]  # fields are None for an entry deleted while pending
@@ -51,17 +51,7 @@ MAX_BATCH = 256  # enqueues per pipeline: bounds one round trip's size
 # delivery's fields packed as "<len>:<bytes>" pairs (see _pack): one argument per delivery
 # rather than eighteen, because encoding arguments is most of what redis-py spends on an
 # enqueue. Returns, per delivery, its entry id, or the depth (an integer) when over the bound.
-_ENQUEUE = """
-local function unpack_fields(s)
-  local out, pos = {}, 1
-  while pos <= #s do
-    local colon = string.find(s, ':', pos, true)
-    local len = tonumber(string.sub(s, pos, colon - 1))
-    out[#out + 1] = string.sub(s, colon + 1, colon + len)
-    pos = colon + len + 1
-  end
-  return out
-end
+_ENQUEUE = UNPACK_FIELDS + """
 local bound = tonumber(ARGV[1])
 local depth = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2])
 local out = {}
@@ -107,17 +97,7 @@ return id
 # Scheduled members are the delivery's fields packed as "<len>:<bytes>" pairs (see _pack);
 # each due one is XADDed back and removed in the same script. Returns {moved, seconds until
 # the next one is due, or ''}, so the caller can sleep exactly that long.
-_MOVE_DUE = """
-local function unpack_fields(s)
-  local out, pos = {}, 1
-  while pos <= #s do
-    local colon = string.find(s, ':', pos, true)
-    local len = tonumber(string.sub(s, pos, colon - 1))
-    out[#out + 1] = string.sub(s, colon + 1, colon + len)
-    pos = colon + len + 1
-  end
-  return out
-end
+_MOVE_DUE = UNPACK_FIELDS + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
@@ -152,8 +132,7 @@ def _bytes(value: str | bytes) -> bytes:
 
 
 def _pack(fields: Fields) -> bytes:
-    pairs = [(_bytes(k), v) for k, v in fields.items()]
-    return b"".join(b"%d:%s%d:%s" % (len(k), k, len(v), v) for k, v in pairs)
+    return pack([x for k, v in fields.items() for x in (_bytes(k), v)])
 
 
 def _flat(fields: Fields) -> list[Arg]:

@@ -21,10 +21,8 @@ import redis.asyncio as aioredis
 
 MAX_BATCH = 256  # appends per script call: bounds one round trip's size
 
-# KEYS[i] is entry i's stream (declared, as Redis wants every key a script touches);
-# ARGV[2i-1] its MAXLEN ('' for none), ARGV[2i] its fields packed. Each XADD runs under pcall:
-# an entry whose stream has the wrong type fails alone, with its error in its place.
-_APPEND = """
+# Lua: the fields packed by `pack` back into a list (a script's prelude).
+UNPACK_FIELDS = """
 local function unpack_fields(s)
   local out, pos = {}, 1
   while pos <= #s do
@@ -35,6 +33,12 @@ local function unpack_fields(s)
   end
   return out
 end
+"""
+
+# KEYS[i] is entry i's stream (declared, as Redis wants every key a script touches);
+# ARGV[2i-1] its MAXLEN ('' for none), ARGV[2i] its fields packed. Each XADD runs under pcall:
+# an entry whose stream has the wrong type fails alone, with its error in its place.
+_APPEND = UNPACK_FIELDS + """
 local out = {}
 for i = 1, #KEYS do
   local maxlen = ARGV[2 * i - 1]
