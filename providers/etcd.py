@@ -510,6 +510,8 @@ class _KeyParser:
             ns_b, kind_b, name_b = parts
             known_kind = self._kinds.get(kind_b)
             known_ns = self._namespaces.get(ns_b, _UNSEEN)
+            if known_ns is _UNSEEN and ns_b.isascii():  # what the general path makes of it
+                known_ns = self._namespaces[ns_b] = ns_b.decode()
             if known_kind is not None and known_ns is not _UNSEEN and name_b.isascii():
                 self._last = (key[:len(key) - len(name_b)], known_kind, known_ns)
                 return _new_tuple(ResourceKey, (known_kind, known_ns, name_b.decode()))  # type: ignore[no-any-return]
