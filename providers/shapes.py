@@ -54,6 +54,15 @@ class Shape:
         return out
 
 
+    def around_name(self, namespace: str | None) -> tuple[bytes, bytes]:
+        """(before, after): `render(name, namespace)` is `before + name + after`, for any
+        name. A reader holding them checks a document against the shape in one comparison."""
+        text = self.render(NAME_PLACEHOLDER, namespace)
+        # A namespace holds no quote, so it cannot make a second name field: one split.
+        before, after = text.split(self.name_field + _NAME_PH)
+        return before + self.name_field, b'"' + after
+
+
 _NAME_PH = NAME_PLACEHOLDER.encode() + b'"'
 _NAMESPACE_PH = NAMESPACE_PLACEHOLDER.encode() + b'"'
 
@@ -75,7 +84,7 @@ class Cutter:
 
     def __call__(self, name: str, namespace: str | None,
                  raw: bytes) -> tuple[bytes, bytes, bytes | None] | None:
-        if not (0 < len(name) <= 63 and not name.strip(_NAME_CHARS) and name[0] != "-"
+        if not (0 < len(name) <= 63 and not name.strip(NAME_CHARS) and name[0] != "-"
                 and name[-1] != "-"):  # `is_name`, inline: this runs a million times
             return None  # the ordinary path names the problem
         encoded = name.encode() + b'"'
@@ -132,12 +141,12 @@ def sound(shape: Shape) -> bool:
         shape.text.count(shape.namespace_field + _NAMESPACE_PH) == 1)
 
 
-_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
+NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
 
 
 def is_name(text: str) -> bool:
     """Whether `text` matches `NAME_PATTERN`, in three string operations."""
-    return (0 < len(text) <= 63 and not text.strip(_NAME_CHARS) and text[0] != "-"
+    return (0 < len(text) <= 63 and not text.strip(NAME_CHARS) and text[0] != "-"
             and text[-1] != "-")
 
 

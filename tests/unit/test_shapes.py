@@ -142,6 +142,37 @@ def test_a_document_failing_alone_fails_with_its_own_message(
     assert ResourceKey("Webhook", "t0", "h0") in fast.entries
 
 
+def test_neighbours_in_store_order_share_a_shape_only_when_equal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store reads keys in order: a document is first compared with the shape of the one
+    before it (same kind and namespace). Neighbours that differ anywhere else must not pass."""
+    docs = fleet(1, 0)
+    ns = "t0"
+    for name, doc in [
+        ("h0", hook("h0", ns, labels={"team": "a"})),
+        ("h1", hook("h1", ns, labels={"team": "a"})),  # the shape of h0
+        ("h2", hook("h2", ns, labels={"team": "b"})),  # another shape
+        ("h3", hook("h3", ns, labels={"team": "a"})),  # h0's again, after h2's
+        ("h4", hook("h5", ns, labels={"team": "a"})),  # stored under another name
+        ("Bad", hook("Bad", ns, labels={"team": "a"})),  # not a name
+        ("h6", hook("h6", ns, labels={"team": "a"}, generation=3)),
+    ]:
+        docs[ResourceKey("Webhook", ns, name)] = raw(doc)
+    escaped = raw(hook("h7", ns, labels={"team": "a"})).replace(b'"h7"', b'"\\u0068\\u0037"')
+    docs[ResourceKey("Webhook", ns, "h7")] = escaped
+    docs[ResourceKey("Webhook", ns, "h8")] = raw(hook("h8", ns, labels={"team": "a"}))[:-1]
+    fast, slow = built(docs), one_by_one(docs, monkeypatch)
+    assert dict(fast.errors) == dict(slow.errors)
+    assert sorted(fast.errors) == ["Webhook/t0/Bad", "Webhook/t0/h4", "Webhook/t0/h8"]
+    assert set(fast.entries.keys()) == set(slow.entries.keys())
+    for key, entry in fast.entries.items():
+        assert entry.resource == slow.entries[key].resource, key
+        assert entry.raw == docs[key], key
+    hooks = {k.name: e for k, e in fast.entries.items() if k.kind == "Webhook"}
+    assert hooks["h0"].shape is hooks["h1"].shape is hooks["h3"].shape
+    assert hooks["h2"].shape is not hooks["h0"].shape
+
+
 def test_tenant_rules_are_checked_with_each_namespace() -> None:
     docs: dict[ResourceKey, RawDoc] = {}
     for ns in ("alpha", "beta"):
