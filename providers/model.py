@@ -19,7 +19,8 @@ NAME_RE = re.compile(NAME_PATTERN)
 
 
 # Not a number and infinity are not numbers a limit or a delay can be: JSON cannot even store them.
-MODEL_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False, defer_build=True)
+MODEL_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False,
+                          defer_build=True)
 T = TypeVar("T")
 
 

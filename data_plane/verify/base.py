@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
+class Inbound(NamedTuple):
     """One webhook request as the gateway received it.
 
     `headers` has lower-case names, so schemes look headers up case-insensitively by
     lower-casing their own names once at build time. `now` is passed in rather than read
     from the clock so a whole request is judged against one instant (and tests are exact).
+
+    A named tuple rather than a frozen dataclass: as immutable, and built in a fifth of the
+    time (one is built per request; a frozen init sets each field through `object.__setattr__`).
     """
 
     method: str

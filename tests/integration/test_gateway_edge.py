@@ -387,3 +387,55 @@ def test_edge_answers_are_json_with_the_revision(fast_gw: GatewayProcess) -> Non
     revision = httpx.get(f"{fast_gw.url}/readyz").json()["revision"]
     assert headers["x-whplane-revision"] == str(revision)
     assert "error" in json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+# -- answers written at once (the direct reply of a webhook POST) ------------------------------
+
+
+def _post(body: bytes, *extra: str, version: str = "1.1") -> bytes:
+    headers = "".join(f"{h}\r\n" for h in extra)
+    return (f"POST /webhook/acme/gh HTTP/{version}\r\nhost: gw\r\ncontent-type: application/json\r\n"
+            f"x-hub-signature-256: {github_signature(SECRET, body)}\r\n"
+            f"content-length: {len(body)}\r\n{headers}\r\n").encode() + body
+
+
+def _answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The responses in `data`, in order, each cut at its content-length."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status, headers = status_and_headers(head + b"\r\n\r\n")
+        size = int(headers["content-length"])
+        out.append((status, headers, rest[:size]))
+        data = rest[size:]
+    return out
+
+
+def test_pipelined_webhooks_are_answered_in_order_each_whole(fast_gw: GatewayProcess) -> None:
+    bodies = [b'{"n": %d}' % i for i in range(3)]
+    with connect(fast_gw) as s:
+        s.sendall(b"".join(_post(b, f"x-request-id: req-{i}") for i, b in enumerate(bodies))
+                  + _post(b"{}", "connection: close"))
+        answers = _answers(read_all(s))  # the last asked to close: the gateway ends it
+    assert [a[0] for a in answers] == [200, 200, 200, 200]
+    assert [a[1]["x-request-id"] for a in answers[:3]] == ["req-0", "req-1", "req-2"]
+    assert all(json.loads(a[2])["status"] == "delivered" for a in answers)
+    assert [a[1].get("connection") for a in answers] == [None, None, None, "close"]
+    assert all("date" in a[1] and "transfer-encoding" not in a[1] for a in answers)
+
+
+def test_http_1_0_and_refusals_that_close_say_so_once(fast_gw: GatewayProcess) -> None:
+    with connect(fast_gw) as s:
+        s.sendall(_post(b"{}", version="1.0"))
+        (status, headers, _), = _answers(read_all(s))
+    assert status == 200 and headers["connection"] == "close"
+    with connect(fast_gw) as s:  # over the body limit: refused unread, so the connection ends
+        s.sendall(head(length=10**9))
+        raw = read_all(s)
+    (status, headers, _), = _answers(raw)
+    assert status == 413 and headers["connection"] == "close"
+    assert raw.lower().count(b"connection: close") == 1
+    with connect(fast_gw) as s:  # a bad signature answered on a connection that stays open
+        s.sendall(_post(b"{}").replace(b"sha256=", b"sha256=00", 1) + _post(b"{}", "connection: close"))
+        answers = _answers(read_all(s))
+    assert [a[0] for a in answers] == [401, 200]
