@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from data_plane.chain import INSTANT
 from data_plane.verify import Verifier, build_verifier
 from data_plane.verify import payload_schema as payload_schema_check
 from providers.resources import Webhook
@@ -22,6 +23,7 @@ class CompiledWebhook:
     verifier: Verifier | None
     payload_check: Callable[[bytes], None] | None
     error: str | None = None  # why it cannot serve (a spec the verifier cannot use)
+    instant: bool = False  # every step of its chain is INSTANT (data_plane/chain.py)
 
 
 def compile_webhook(webhook: Webhook) -> CompiledWebhook:
@@ -31,7 +33,8 @@ def compile_webhook(webhook: Webhook) -> CompiledWebhook:
         check = payload_schema_check.build(schema) if schema is not None else None
     except ValueError as exc:
         return CompiledWebhook(webhook, None, None, error=str(exc))
-    return CompiledWebhook(webhook, verifier, check)
+    instant = all(step.module in INSTANT for step in webhook.spec.chain.steps)
+    return CompiledWebhook(webhook, verifier, check, instant=instant)
 
 
 class CompiledCache:

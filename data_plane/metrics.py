@@ -84,6 +84,13 @@ class GatewayMetrics:
         if outcome in ERROR_OUTCOMES:
             self.errors_total += 1
 
+    def delivered(self, namespace: str, seconds: float) -> None:
+        """A sync webhook delivered: `request`, `delivery` and `took` in one call."""
+        self.requests.inc(namespace, "delivered")
+        self.requests_total += 1
+        self.deliveries.inc(namespace, "sync", "ok")
+        self.duration.observe(seconds, "sync")
+
     def delivery(self, namespace: str, mode: str, result: str) -> None:
         self.deliveries.inc(namespace, mode, result)
 
