@@ -56,6 +56,8 @@ from uvicorn.protocols.http.httptools_impl import (
 
 log = logging.getLogger(__name__)
 
+# What the deadline is about when it is the idle one (between requests, or before the first).
+_IDLE = object()
 # Descriptors kept free for everything else the process opens (store, Redis, outbound HTTP).
 _RESERVED_FDS = 256
 # The hot path (data_plane/ingest.py), whose answers send their head and body back to back.
@@ -153,7 +155,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._tail = b""
         self._deadline: asyncio.TimerHandle | None = None
-        self._deadline_for: object = None  # the scope or cycle the deadline is about
+        self._deadline_for: object = None  # the scope or cycle the deadline is about, or _IDLE
+        self._idle_from = 0.0  # when the connection last became idle (loop time)
         self._peer: str | None = None
         self._admitted = False
         self._answered = False
@@ -168,8 +171,8 @@ class EdgeProtocol(HttpToolsProtocol):
             self._answer(503, "too many connections", retry_after=1)
             return
         self._admitted = True
-        # uvicorn arms its keep-alive timer only after a response: a fresh connection needs one.
-        self._arm(self.guard.limits.keepalive_timeout_s, self._idle_expired, transport)
+        self._idle_from = self.loop.time()
+        self._arm(self.guard.limits.keepalive_timeout_s, self._idle_expired, _IDLE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -209,12 +212,12 @@ class EdgeProtocol(HttpToolsProtocol):
             if self._deadline_for is not cycle:
                 self._arm(limits.body_timeout_s, self._body_expired, cycle)
         elif not cycle.response_complete:  # all read, the app is on it
-            if self._deadline is not None:
+            if self._deadline is not None and self._deadline_for is not _IDLE:
                 self._disarm()
-        elif self.timeout_keep_alive_task is None and self._deadline_for is not cycle:
-            # Between requests uvicorn's keep-alive timer runs, and any read cancels it:
-            # bytes that start no request (blank lines) must not hold the connection open.
-            self._arm(limits.keepalive_timeout_s, self._idle_expired, cycle)
+        elif self._deadline is None:
+            # Between requests: bytes that start no request (blank lines) leave the idle time
+            # counting from the last answer, so they cannot hold the connection open.
+            self._arm(limits.keepalive_timeout_s, self._idle_expired, _IDLE)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -234,7 +237,20 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         if self._joined is not None:
             self._joined.flush()  # a response without a body (to HEAD) leaves its head held
-        super().on_response_complete()
+        # uvicorn's, without its keep-alive timer: it arms one per response and cancels it at
+        # the next read (a few microseconds a request). The idle deadline is armed once and,
+        # when it fires, measures the idle time from `_idle_from` (see `_idle_expired`).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_from = self.loop.time()
+        if self._deadline is None:
+            self._arm(self.guard.limits.keepalive_timeout_s, self._idle_expired, _IDLE)
 
     def handle_websocket_upgrade(self) -> None:
         # Without this, the upgrade request's read would arm a head deadline that writes a
@@ -281,9 +297,18 @@ class EdgeProtocol(HttpToolsProtocol):
         self._deadline_for = None
 
     def _idle_expired(self) -> None:
-        self._deadline = None
-        if not self._busy() and not self.transport.is_closing():
-            self.transport.close()
+        self._deadline = self._deadline_for = None
+        if self.transport.is_closing():
+            return
+        keepalive = self.guard.limits.keepalive_timeout_s
+        if self._busy():  # a request came since, and is being answered: look again later
+            self._arm(keepalive, self._idle_expired, _IDLE)
+            return
+        idle = self.loop.time() - self._idle_from
+        if idle < keepalive:  # it answered something since this was armed
+            self._arm(keepalive - idle, self._idle_expired, _IDLE)
+            return
+        self.transport.close()
 
     def _head_expired(self) -> None:
         self._deadline = None

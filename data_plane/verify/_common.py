@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 from data_plane.verify.base import VerifyFailed
 
@@ -23,9 +24,26 @@ def encode_secrets(secrets: Iterable[str]) -> tuple[bytes, ...]:
     return tuple(s.encode() for s in secrets)
 
 
-def keyed(secrets: Iterable[bytes], digest: str) -> tuple[hmac.HMAC, ...]:
-    """One pre-keyed HMAC per secret; `match` copies them per request."""
-    return tuple(hmac.new(s, digestmod=digest) for s in secrets)
+class Mac(Protocol):
+    """A keyed HMAC: `hmac.HMAC`, or the OpenSSL object inside one."""
+
+    def copy(self) -> Mac: ...
+    def update(self, msg: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+    def hexdigest(self) -> str: ...
+
+
+def keyed(secrets: Iterable[bytes], digest: str) -> tuple[Mac, ...]:
+    """One pre-keyed HMAC per secret; `match` copies them per request.
+
+    The OpenSSL HMAC object an `hmac.HMAC` wraps, where it has one: copying and feeding it
+    directly skips the wrapper's Python methods, a third of the check of a small body."""
+    return tuple(_unwrapped(hmac.new(s, digestmod=digest)) for s in secrets)
+
+
+def _unwrapped(mac: hmac.HMAC) -> Mac:
+    inner: Mac | None = getattr(mac, "_hmac", None)
+    return inner if inner is not None else mac
 
 
 def header(headers: Mapping[str, str], name: str, display: str) -> str:
@@ -69,7 +87,7 @@ def from_b64(value: str) -> bytes | None:
         return None
 
 
-def match(keys: Sequence[hmac.HMAC], parts: Sequence[bytes], received: Sequence[bytes]) -> int:
+def match(keys: Sequence[Mac], parts: Sequence[bytes], received: Sequence[bytes]) -> int:
     """Index of the first key whose HMAC over `parts` equals one of `received`, else -1.
 
     Every key is tried before giving up, so rotating secrets all work; the index lets a scheme

@@ -3,15 +3,14 @@ with the timestamp in its own header and checked against a tolerance."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 
-from data_plane.verify._common import from_hex, header, match, timestamp, within
+from data_plane.verify._common import Mac, from_hex, header, match, timestamp, within
 from data_plane.verify.base import Inbound, VerifyFailed
 
 
 def check(
-    keys: Sequence[hmac.HMAC],
+    keys: Sequence[Mac],
     inbound: Inbound,
     tolerance: float,
     signature: tuple[str, str],

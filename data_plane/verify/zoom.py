@@ -8,11 +8,10 @@ validation keeps working while an old and a new secret are both configured.
 
 from __future__ import annotations
 
-import hmac
 import json
 
 from data_plane.verify import v0
-from data_plane.verify._common import encode_secrets, keyed
+from data_plane.verify._common import Mac, encode_secrets, keyed
 from data_plane.verify.base import Answer, Inbound, Verifier, VerifyFailed
 from providers.verify_spec import Zoom
 
@@ -39,7 +38,7 @@ def build(spec: Zoom) -> Verifier:
     return verify
 
 
-def _validation(body: bytes, key: hmac.HMAC) -> Answer | None:
+def _validation(body: bytes, key: Mac) -> Answer | None:
     try:
         event = json.loads(body)
     except (ValueError, RecursionError):

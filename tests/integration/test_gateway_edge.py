@@ -439,3 +439,20 @@ def test_http_1_0_and_refusals_that_close_say_so_once(fast_gw: GatewayProcess) -
         s.sendall(_post(b"{}").replace(b"sha256=", b"sha256=00", 1) + _post(b"{}", "connection: close"))
         answers = _answers(read_all(s))
     assert [a[0] for a in answers] == [401, 200]
+
+
+def test_a_connection_in_use_stays_open_and_closes_once_idle(fast_gw: GatewayProcess) -> None:
+    # Keep-alive is 1 s here: requests 0.4 s apart for 2.4 s must all be served on one
+    # connection, and it must end about 1 s after the last answer.
+    with connect(fast_gw) as s:
+        for _ in range(6):
+            s.sendall(_post(b"{}"))
+            data = b""
+            while b"delivered" not in data:
+                chunk = s.recv(65536)
+                assert chunk, "closed while in use"
+                data += chunk
+            time.sleep(0.4)
+        last = time.monotonic()
+        assert read_all(s) == b""
+        assert 0.4 < time.monotonic() - last < 2.5
