@@ -110,7 +110,7 @@ def main(seconds: int, connections: int) -> None:
     print(f"async ingest alone: {alone.rps:,.0f} req/s (p99 {alone.p99_ms:.1f} ms)")
     print(f"with the worker: {accepted / load_s:,.0f} accepted/s for {load_s:.1f} s; all "
           f"{len(delivered):,} delivered after {drained_s:.1f} s: {rate:,.0f} delivered/s")
-    print(f"accepted (202) and never delivered: {lost} of {accepted:,} [goal <= 0]")
+    print(f"accepted (202) and never delivered: {lost} [goal <= 0] (of {accepted:,} accepted)")
     print(f"sustained delivered rate / async ingest alone: {rate / alone.rps:.2f} [goal >= 0.5]")
 
 
