@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-err = Console(stderr=True)
+from cli.console import stderr
+
 TOKEN_ENV = "WH_CONNECT_TOKEN"
 
 
@@ -39,13 +39,13 @@ def connect(
     from data_plane.relay.connector import Connector, ConnectorSettings, Unauthorized
 
     if token is not None:
-        err.print(f"[red]error:[/] never give the token on the command line (every user of "
+        stderr().print(f"[red]error:[/] never give the token on the command line (every user of "
                   f"this machine can read it in the process list): set {TOKEN_ENV} or use "
                   "--token-file")
         raise typer.Exit(2)
     secret = _read_token(token_file)
     if transport not in ("ws", "sse", "poll"):
-        err.print("[red]error:[/] --transport is ws, sse or poll")
+        stderr().print("[red]error:[/] --transport is ws, sse or poll")
         raise typer.Exit(2)
     try:
         settings = ConnectorSettings(
@@ -53,7 +53,7 @@ def connect(
             token=secret, transport=transport, window=window,  # type: ignore[arg-type]
             heartbeat_s=heartbeat, forward_timeout_s=forward_timeout)
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        stderr().print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     configure("info", log_json)
 
@@ -71,7 +71,7 @@ def connect(
     try:
         asyncio.run(run())
     except Unauthorized:
-        err.print(f"[red]error:[/] the gateway refused the token for {namespace}/{channel} "
+        stderr().print(f"[red]error:[/] the gateway refused the token for {namespace}/{channel} "
                   "(401)")
         raise typer.Exit(1) from None
 
@@ -81,11 +81,11 @@ def _read_token(token_file: Path | None) -> str:
         try:
             secret = token_file.read_text().strip()
         except OSError as exc:
-            err.print(f"[red]error:[/] cannot read --token-file: {exc.strerror}")
+            stderr().print(f"[red]error:[/] cannot read --token-file: {exc.strerror}")
             raise typer.Exit(2) from None
     else:
         secret = os.environ.get(TOKEN_ENV, "").strip()
     if not secret:
-        err.print(f"[red]error:[/] no token: set {TOKEN_ENV} or use --token-file")
+        stderr().print(f"[red]error:[/] no token: set {TOKEN_ENV} or use --token-file")
         raise typer.Exit(2)
     return secret

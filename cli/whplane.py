@@ -12,14 +12,13 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
 from cli.connect import connect
+from cli.console import stderr, stdout
 
 # Plain click help, as whctl's: rich's panels cut option names at 80 columns.
 app = typer.Typer(help="Start whplane servers.", no_args_is_help=True, rich_markup_mode=None)
 app.command("connect")(connect)
-err = Console(stderr=True)
 CONFIG_HELP = "file:PATH | etcd://HOST:PORT[,...]/PREFIX | vault://MOUNT/PATH [env WH_CONFIG]"
 
 
@@ -31,7 +30,7 @@ def _given(**flags: Any) -> dict[str, Any]:
 def _settings_error(exc: ValidationError) -> None:
     for e in exc.errors():
         field = ".".join(str(p) for p in e["loc"])
-        err.print(f"[red]error:[/] {field}: {e['msg']} (flag --{field.replace('_', '-')} "
+        stderr().print(f"[red]error:[/] {field}: {e['msg']} (flag --{field.replace('_', '-')} "
                   f"or WH_{field.upper()})")
     raise typer.Exit(2)
 
@@ -98,7 +97,7 @@ def gateway(
     try:
         application = create_app(settings)
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        stderr().print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     uvicorn.run(application, lifespan="on", **server_options(settings))
 
@@ -124,7 +123,7 @@ def worker(
         _settings_error(exc)
         return
     if not settings.redis_url:
-        err.print("[red]error:[/] the worker needs Redis: --redis-url or WH_REDIS_URL")
+        stderr().print("[red]error:[/] the worker needs Redis: --redis-url or WH_REDIS_URL")
         raise typer.Exit(2)
     configure(settings.log_level, settings.log_json)
 
@@ -180,10 +179,10 @@ def control_plane(
         _settings_error(exc)
         return
     except (ValueError, OSError, StoreError) as exc:
-        err.print(f"[red]error:[/] {exc}")
+        stderr().print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     if admin is None:
-        err.print("[yellow]warning:[/] no admin token (WH_ADMIN_TOKEN or --admin-token-file): "
+        stderr().print("[yellow]warning:[/] no admin token (WH_ADMIN_TOKEN or --admin-token-file): "
                   "only namespace tokens will work, and none can be created")
     configure(settings.log_level, settings.log_json)
     uvicorn.run(create_api(backend, admin, settings.allow_plaintext_secrets,
@@ -205,7 +204,7 @@ def up(
     """Start the local stack: a control plane and gateways, with the examples applied."""
     from cli import up as local_stack
 
-    raise typer.Exit(local_stack.run(Console(), examples, data_dir, gateways, etcd, vault,
+    raise typer.Exit(local_stack.run(stdout(), examples, data_dir, gateways, etcd, vault,
                                      redis, port))
 
 
@@ -226,19 +225,19 @@ def _dead_letters(redis_url: str | None, namespace: str | None = None,
 
     url = redis_url or os.environ.get("WH_REDIS_URL")
     if not url:
-        err.print("[red]error:[/] needs Redis: --redis-url or WH_REDIS_URL")
+        stderr().print("[red]error:[/] needs Redis: --redis-url or WH_REDIS_URL")
         raise typer.Exit(2)
     from data_plane.redis_connect import connect
 
     try:
         redis = connect(url)  # redis://, rediss://, Sentinel or Cluster, as the gateway reads it
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        stderr().print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     if channel is None:
         return DeadLetters(redis)
     if namespace is None or not NAME_RE.match(namespace) or not NAME_RE.match(channel):
-        err.print("[red]error:[/] --channel needs -n NAMESPACE, both valid names")
+        stderr().print("[red]error:[/] --channel needs -n NAMESPACE, both valid names")
         raise typer.Exit(2)
     # Replayed messages go back to the channel's buffer, to its connectors.
     return DeadLetters(redis, redis_keys.relay_stream(namespace, channel))
@@ -260,7 +259,7 @@ def dlq_list(
     letters = _dead_letters(redis_url, namespace, channel)
     entries = asyncio.run(letters.list(namespace=namespace, limit=limit))
     if output == "json":
-        Console().print_json(json.dumps([{
+        stdout().print_json(json.dumps([{
             "id": e.id, "namespace": e.delivery.namespace, "webhook": e.delivery.webhook,
             "delivery": e.delivery.id, "reason": e.reason, "attempts": e.attempts,
             "last_error": e.last_error, "failed_at": e.failed_at} for e in entries]))
@@ -270,7 +269,7 @@ def dlq_list(
         table.add_row(e.id, e.delivery.namespace, e.delivery.webhook, str(e.attempts),
                       e.reason, e.last_error)
     # Piped output keeps whole ids (they are copied into `dlq replay`).
-    Console(width=None if sys.stdout.isatty() else 250).print(table)
+    stdout(width=None if sys.stdout.isatty() else 250).print(table)
 
 
 @dlq.command("replay")
@@ -285,18 +284,18 @@ def dlq_replay(
     letters = _dead_letters(redis_url, namespace, channel)
     if all_:
         n = asyncio.run(letters.replay_all(namespace=namespace))
-        Console().print(f"replayed {n} deliveries")
+        stdout().print(f"replayed {n} deliveries")
         return
     if not ids:
-        err.print("[red]error:[/] give dead letter ids, or --all")
+        stderr().print("[red]error:[/] give dead letter ids, or --all")
         raise typer.Exit(2)
     for entry_id in ids:
         try:
             asyncio.run(letters.replay(entry_id))
         except KeyError:
-            err.print(f"[red]error:[/] no dead letter {entry_id}")
+            stderr().print(f"[red]error:[/] no dead letter {entry_id}")
             raise typer.Exit(1) from None
-        Console().print(f"replayed {entry_id}")
+        stdout().print(f"replayed {entry_id}")
 
 
 def main() -> None:
