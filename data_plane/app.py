@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from data_plane.edge import EdgeGuard, EdgeLimits
+from data_plane.edge import WEBHOOK_PREFIX, EdgeGuard, EdgeLimits
 from data_plane.gateway import Gateway
 from data_plane.ingest import Ingest
 from data_plane.metrics import CONTENT_TYPE
@@ -27,8 +27,6 @@ from data_plane.relay.hub import RelayHub
 from data_plane.relay.routes import CONNECT_PREFIX, RelayRoutes
 from data_plane.relay.wiring import relay_hub
 from data_plane.settings import GatewaySettings
-
-WEBHOOK_PREFIX = "/webhook/"
 
 
 class GatewayApp:

@@ -75,7 +75,7 @@ async def run_chain(
 ) -> ChainResult:
     """Deliver `delivery` through `endpoint`'s chain (see the module doc)."""
     chain = endpoint.webhook.spec.chain
-    if modules is MODULES and all(step.module in INSTANT for step in chain.steps):
+    if modules is MODULES and all_instant(chain.steps):
         return await run_instant(endpoint, delivery, clients)
     run = _Run(endpoint, delivery, clients, modules, chain.continue_on_error)
     timed_out = False
@@ -89,6 +89,11 @@ async def run_chain(
         # Steps turn every exception of theirs into a failure, so this is the chain's own.
         timed_out = True
     return run.result(chain.timeout_s if timed_out else None)
+
+
+def all_instant(steps: Sequence[Any]) -> bool:
+    """Whether every step is INSTANT, so that `run_instant` can run the chain."""
+    return all(step.module in INSTANT for step in steps)
 
 
 async def run_instant(endpoint: Endpoint, delivery: Delivery, clients: Clients) -> ChainResult:
@@ -210,10 +215,13 @@ class _Run:
             metrics.step(module, "ok", took)
             self.outcomes.append(StepOutcome(index, module, True, None, took))
             return True
+        self._failed(index, module, failure, start)
+        return False
+
+    def _failed(self, index: int, module: str, failure: StepFailed, start: float) -> None:
         self.failures.append(failure)
         self.outcomes.append(
             StepOutcome(index, module, False, str(failure), time.perf_counter() - start))
-        return False
 
     def raised(self, index: int, step: Any, exc: Exception, start: float) -> None:
         """Record a step that raised something other than a DeliveryError."""
@@ -230,9 +238,7 @@ class _Run:
         )  # fmt: skip
         failure.__cause__ = exc
         self.clients.metrics.step(module, "failed", time.perf_counter() - start)
-        self.failures.append(failure)
-        self.outcomes.append(
-            StepOutcome(index, module, False, str(failure), time.perf_counter() - start))
+        self._failed(index, module, failure, start)
 
     def breaker(self, step: Any) -> CircuitBreaker | None:
         """The circuit breaker of the step's Connection; None for a step without one."""

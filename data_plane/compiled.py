@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from data_plane.chain import INSTANT
+from data_plane.chain import all_instant
 from data_plane.verify import Verifier, build_verifier
 from data_plane.verify import payload_schema as payload_schema_check
 from providers.resources import Webhook
@@ -23,7 +23,7 @@ class CompiledWebhook:
     verifier: Verifier | None
     payload_check: Callable[[bytes], None] | None
     error: str | None = None  # why it cannot serve (a spec the verifier cannot use)
-    instant: bool = False  # every step of its chain is INSTANT (data_plane/chain.py)
+    instant: bool = False  # data_plane.chain.all_instant of its chain: run with `run_instant`
 
 
 def compile_webhook(webhook: Webhook) -> CompiledWebhook:
@@ -33,8 +33,7 @@ def compile_webhook(webhook: Webhook) -> CompiledWebhook:
         check = payload_schema_check.build(schema) if schema is not None else None
     except ValueError as exc:
         return CompiledWebhook(webhook, None, None, error=str(exc))
-    instant = all(step.module in INSTANT for step in webhook.spec.chain.steps)
-    return CompiledWebhook(webhook, verifier, check, instant=instant)
+    return CompiledWebhook(webhook, verifier, check, instant=all_instant(webhook.spec.chain.steps))
 
 
 class CompiledCache:

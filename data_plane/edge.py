@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 _IDLE = object()
 # Descriptors kept free for everything else the process opens (store, Redis, outbound HTTP).
 _RESERVED_FDS = 256
-# The hot path (data_plane/ingest.py), whose answers send their head and body back to back.
-_JOINED_PREFIX = "/webhook/"
+# The hot path's route (data_plane/ingest.py), whose answers leave head and body in one write.
+WEBHOOK_PREFIX = "/webhook/"
 # The scope extension of a direct answer, `{"reply": reply}` (ASGI extensions are dicts) with
 # `reply(status, head, body, close) -> bool`: see `_DirectReply`.
 DIRECT_REPLY = "whplane.direct_reply"
@@ -225,7 +225,7 @@ class EdgeProtocol(HttpToolsProtocol):
         # Not while a 100-continue is owed: the client waits for it before sending the body.
         scope = self.scope
         if (cycle is not None and cycle.scope is scope and not cycle.waiting_for_100_continue
-                and scope["path"].startswith(_JOINED_PREFIX)):
+                and scope["path"].startswith(WEBHOOK_PREFIX)):
             if scope["method"] == "POST" and not cycle.access_log:
                 scope["extensions"] = {DIRECT_REPLY: {"reply": _DirectReply(cycle, self.guard)}}
                 return

@@ -36,7 +36,7 @@ from data_plane.chain import run_chain, run_instant
 from data_plane.clients import Clients
 from data_plane.compiled import CompiledWebhook
 from data_plane.delivery import Delivery
-from data_plane.edge import DIRECT_REPLY
+from data_plane.edge import DIRECT_REPLY, WEBHOOK_PREFIX
 from data_plane.errors import DestinationFull
 from data_plane.logs import request_id as request_id_var
 from data_plane.metrics import GatewayMetrics
@@ -48,7 +48,7 @@ from providers.verify_spec import ApiKey
 
 log = logging.getLogger(__name__)
 
-_PREFIX_LENGTH = len("/webhook/")
+_PREFIX_LENGTH = len(WEBHOOK_PREFIX)
 _JSON_TOKENS = re.compile(rb'["{}\[\]\\]')
 _JSON_START = re.compile(rb"[ \t\r\n]*[\[{]")
 # A caller's X-Request-Id is kept only if it is short and cannot forge anything in a log line
@@ -457,6 +457,8 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
 
 def _headers(scope: Scope) -> dict[str, str]:
     raw = scope["headers"]
+    if not isinstance(raw, list | tuple):  # ASGI allows any iterable: it is read twice here
+        raw = list(raw)
     out = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
     if len(out) == len(raw):
         return out
