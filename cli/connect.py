@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from cli import event_loop
 from cli.console import stderr
 
 TOKEN_ENV = "WH_CONNECT_TOKEN"
@@ -69,7 +70,7 @@ def connect(
             await connector.aclose()
 
     try:
-        asyncio.run(run())
+        event_loop.run(run())
     except Unauthorized:
         stderr().print(f"[red]error:[/] the gateway refused the token for {namespace}/{channel} "
                   "(401)")

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from cli import event_loop
 from cli.connect import connect
 from cli.console import stderr, stdout
 
@@ -161,7 +162,7 @@ def worker(
             await gw.stop()
 
     try:
-        asyncio.run(run())
+        event_loop.run(run())
     except KeyboardInterrupt:
         pass
 
