@@ -3,11 +3,11 @@
     async with Clients() as clients:          # or: clients = Clients(); ...; await clients.aclose()
         await run_chain(endpoint, delivery, clients)
 
-HTTP: one pooled `httpx.AsyncClient` per (verify_tls, SSRF-guarded) pair, so at most four,
-each capped at `max_connections` sockets in all. A Connection's own `max_connections` caps the
-requests in flight to it (a semaphore per connection; one HTTP/1.1 request holds one socket),
-so one slow destination cannot take the whole pool. Guarded clients dial through
-`ssrf.GuardedBackend`; none follows redirects or honours proxy settings from the environment.
+HTTP: `data_plane.http_pool.HttpPool`, a client of its own per request in flight (`http_slot`):
+at most `max_connections` requests to a Connection at once (its own `max_connections`) and in
+all, so one slow destination cannot take the whole process's share. Guarded clients dial
+through `ssrf.GuardedBackend`; none follows redirects or honours proxy settings from the
+environment.
 
 Redis: one `redis.asyncio.Redis` per (URL, credentials, timeout), at most `max_redis_clients`,
 least recently used evicted. An evicted client may still be serving a step, so it is closed
@@ -41,8 +41,6 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
-import httpcore
-import httpx
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from redis.asyncio.retry import Retry
@@ -50,6 +48,7 @@ from redis.backoff import NoBackoff
 
 from data_plane.circuit import Circuits
 from data_plane.errors import DeliveryError, SsrfBlocked, destination_of
+from data_plane.http_pool import HttpPool
 from data_plane.module_metrics import ModuleMetrics
 from data_plane.redis_batch import StreamAppender
 from data_plane.ssrf import GuardedBackend, Resolver, resolve_allowed
@@ -57,11 +56,12 @@ from providers.resources import GLOBAL, HttpConnectionSpec, RedisConnectionSpec
 from providers.snapshot import Endpoint
 
 if TYPE_CHECKING:
+    import httpx
+
     from data_plane.relay.store import RelayStore
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "whplane"
 _S = TypeVar("_S", HttpConnectionSpec, RedisConnectionSpec)
 _T = TypeVar("_T")
 
@@ -94,9 +94,10 @@ class _Pooled:
 
 
 class Clients:
-    """The outbound clients of one process. `max_connections` caps the sockets of each HTTP
-    pool, `max_destinations` the per-connection semaphores kept, `redis_pool_size` the sockets
-    of each Redis client; `ssrf_backend` replaces the guard (a custom resolver, tests)."""
+    """The outbound clients of one process. `max_connections` caps the HTTP requests in flight
+    and the sockets they keep open, `max_keepalive_connections` the idle ones kept for reuse,
+    `max_destinations` the destinations whose slots are kept, `redis_pool_size` the sockets of
+    each Redis client; `ssrf_backend` replaces the guard (a custom resolver, tests)."""
 
     def __init__(
         self,
@@ -112,19 +113,14 @@ class Clients:
         resolver: Resolver | None = None,
         circuits: Circuits | None = None,
     ) -> None:
-        self._limits = httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_keepalive_connections,
-            keepalive_expiry=keepalive_expiry_s,
-        )
-        self._guard = ssrf_backend if ssrf_backend is not None else GuardedBackend()
+        self._http = HttpPool(max_connections=max_connections,
+                              max_idle=max_keepalive_connections,
+                              idle_expiry_s=keepalive_expiry_s,
+                              max_destinations=max_destinations, guard=ssrf_backend)
         self._resolver = resolver  # of the non-HTTP modules' guard; None: the system's
-        self._http: dict[tuple[bool, bool], httpx.AsyncClient] = {}
         # The gateway's own relay buffers (data_plane/relay): `relay` steps write there, not
         # to a Connection; the gateway sets it when it has Redis.
         self.relay_store: RelayStore | None = None
-        self._slots: OrderedDict[tuple[str, int], asyncio.Semaphore] = OrderedDict()
-        self._max_destinations = max_destinations
         self._redis: OrderedDict[tuple[str, str | None, str | None, float], aioredis.Redis] = (
             OrderedDict()
         )
@@ -143,34 +139,13 @@ class Clients:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def http(self, *, verify_tls: bool, allow_private: bool) -> httpx.AsyncClient:
-        """The shared client for this TLS setting; SSRF-guarded unless `allow_private`."""
-        key = (verify_tls, allow_private)
-        client = self._http.get(key)
-        if client is None:
-            self._check_open()
-            guard = None if allow_private else self._guard
-            client = httpx.AsyncClient(
-                transport=_transport(verify_tls, self._limits, guard),
-                headers={"User-Agent": USER_AGENT},
-                follow_redirects=False,
-                trust_env=False,
-            )
-            self._http[key] = client
-        return client
-
-    def http_slots(self, destination: str, max_connections: int) -> asyncio.Semaphore:
-        """The semaphore capping requests in flight to one destination."""
-        key = (destination, max_connections)
-        slots = self._slots.get(key)
-        if slots is None:
-            slots = self._slots[key] = asyncio.Semaphore(max_connections)
-            if len(self._slots) > self._max_destinations:
-                # Holders keep their semaphore; only new requests get a fresh one.
-                self._slots.popitem(last=False)
-        else:
-            self._slots.move_to_end(key)
-        return slots
+    def http_slot(self, destination: str, max_connections: int, *, verify_tls: bool,
+                  allow_private: bool) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+        """A client for one request to `destination`, at most `max_connections` at once
+        (data_plane/http_pool.py). SSRF-guarded unless `allow_private`."""
+        self._check_open()
+        return self._http.slot(destination, max_connections, verify_tls=verify_tls,
+                               allow_private=allow_private)
 
     # -- Redis -----------------------------------------------------------------------------
 
@@ -342,7 +317,6 @@ class Clients:
     async def aclose(self) -> None:
         """Close every client. Idempotent; the object cannot be used afterwards."""
         self._closed = True
-        http, self._http = list(self._http.values()), {}
         rds, self._redis = list(self._redis.values()), OrderedDict()
         appenders, self._appenders = list(self._appenders.values()), {}
         pooled, self._pooled = list(self._pooled.values()), OrderedDict()
@@ -351,7 +325,7 @@ class Clients:
             task.cancel()  # _close_later closes its client right away when cancelled
         await asyncio.gather(*(b.aclose() for b in appenders), return_exceptions=True)
         results = await asyncio.gather(
-            *(c.aclose() for c in http),
+            self._http.aclose(),
             *(c.aclose() for c in rds),
             *(_close_pooled_later(p, 0) for p in pooled),
             *retiring,
@@ -425,35 +399,6 @@ def url_hosts(url: str, default_port: int) -> list[tuple[str, int]]:
                                 retryable=False)
         out.append((host, int(port) if port else default_port))
     return out
-
-
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport, its connection pool dialling through a GuardedBackend.
-
-    httpx offers no public hook for an httpcore network backend, so the pool httpx built is
-    swapped for an identical one that has it; request and exception mapping stay httpx's. If a
-    future httpx keeps its pool elsewhere this fails at startup, never silently unguarded.
-    """
-
-    def __init__(self, verify_tls: bool, limits: httpx.Limits, backend: GuardedBackend) -> None:
-        super().__init__(verify=verify_tls, limits=limits, trust_env=False)
-        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            raise RuntimeError("unsupported httpx version: cannot install the SSRF guard")
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify_tls, trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=backend,
-        )
-
-
-def _transport(
-    verify_tls: bool, limits: httpx.Limits, guard: GuardedBackend | None
-) -> httpx.AsyncBaseTransport:
-    if guard is None:
-        return httpx.AsyncHTTPTransport(verify=verify_tls, limits=limits, trust_env=False)
-    return _GuardedTransport(verify_tls, limits, guard)
 
 
 # --- shared by the modules ---------------------------------------------------------------

@@ -31,6 +31,9 @@ from providers.snapshot import Endpoint
 from providers.url_settings import SETTINGS_CONFIG, query_options, validate
 
 _KIND = "clickhouse"
+# Inserts in flight per Connection: ClickHouse takes few large writes better than many small
+# ones, and its Connection has no `max_connections` of its own.
+_MAX_IN_FLIGHT = 16
 
 
 @settings_dataclass(frozen=True, config=SETTINGS_CONFIG)
@@ -97,11 +100,13 @@ async def _query(clients: Clients, conn: Conn, where: ClickhouseUrl, query: str,
         headers["X-ClickHouse-User"] = spec.username
     if spec.password is not None:
         headers["X-ClickHouse-Key"] = spec.password
-    client = clients.http(verify_tls=True, allow_private=spec.allow_private)
     params = {"database": where.database, "query": query, **settings}
     try:
-        response = await client.post(where.base, params=params, content=body, headers=headers,
-                                     timeout=float(spec.timeout_s))
+        # The caller's deadline covers the wait for a slot.
+        async with clients.http_slot(conn.destination, _MAX_IN_FLIGHT, verify_tls=True,
+                                     allow_private=spec.allow_private) as client:
+            response = await client.post(where.base, params=params, content=body,
+                                         headers=headers, timeout=float(spec.timeout_s))
     except SsrfBlocked as exc:
         raise SsrfBlocked(exc.reason, destination=conn.destination) from None
     except DeliveryError as exc:

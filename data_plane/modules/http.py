@@ -40,13 +40,13 @@ _DRAIN_BYTES = 64 * 1024
 async def run(step: HttpStep, endpoint: Endpoint, delivery: Delivery, clients: Clients) -> None:
     spec, destination = connection_spec(step, endpoint, HttpConnectionSpec)
     timeout_s = step.timeout_s or spec.timeout_s
-    client = clients.http(verify_tls=spec.verify_tls, allow_private=spec.allow_private)
     try:
         # One deadline for everything, waiting for a free slot included: httpx's own timeouts
         # are per socket operation, so a server dripping a byte a second would never hit them.
-        async with asyncio.timeout(timeout_s), clients.http_slots(
-            destination, spec.max_connections
-        ):
+        async with asyncio.timeout(timeout_s), clients.http_slot(
+            destination, spec.max_connections, verify_tls=spec.verify_tls,
+            allow_private=spec.allow_private,
+        ) as client:
             async with client.stream(
                 step.config.method,
                 target(spec.url, step.config.path, destination),
