@@ -170,6 +170,7 @@ class Gateway:
         await _bounded("outbound clients", self.clients.aclose(), 5)
         if self.queue is not None:
             await _bounded("queue", self.queue.aclose(), 5)
+        await _bounded("rate limiter", self.limiter.aclose(), 5)
         if self.redis is not None:
             await _bounded("redis", self.redis.aclose(), 5)
         if self.vault is not None:

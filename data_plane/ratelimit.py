@@ -2,7 +2,11 @@
 
 The shared bucket is one hash per key, updated by one Lua script (atomic, one round trip;
 redis-py's register_script sends EVALSHA and falls back to EVAL on NOSCRIPT, e.g. after a
-Redis restart). Refill uses Redis's own clock (TIME inside the script), not the gateways':
+Redis restart). Checks are group-committed, as enqueues are (data_plane/queue.py): while one
+script call is in flight the next checks gather and go out together, each bucket taken in
+the order its checks came. A round trip per check held a limited webhook to 7,100 requests/s
+where the same webhook without limits served 24,900; on Redis Cluster a batch goes out as one
+call per hash slot. Refill uses Redis's own clock (TIME inside the script), not the gateways':
 one clock for everyone means a gateway whose clock runs ahead cannot refill buckets early and
 one running behind cannot see time go backwards. The key expires once the bucket would be
 full again, since a missing key and a full bucket mean the same.
@@ -16,6 +20,7 @@ after a growing pause, by one request at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -24,6 +29,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from redis.asyncio import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from data_plane import redis_keys as keys
@@ -33,27 +40,41 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
-# KEYS[1] bucket; ARGV rate/s, burst, now ('' = Redis TIME), cost. Returns {allowed, retry_s}.
+# One bucket per key: KEYS[i] with ARGV[4i-3..4i] rate/s, burst, now ('' = Redis TIME), cost.
+# Returns {allowed, retry_s} for each key, in order; a key named twice is taken twice, in order.
 # The retry delay is returned as a string: Lua numbers become integers in a Redis reply
 # (numbers passed to redis.call keep full precision: Redis formats them with %.17g).
 _TOKEN_BUCKET = """
-local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
-local now = tonumber(ARGV[3])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local clock
+local out = {}
+for i, key in ipairs(KEYS) do
+  local j = (i - 1) * 4
+  local rate, burst, cost = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 4])
+  local now = tonumber(ARGV[j + 3])
+  if not now then
+    if not clock then
+      local t = redis.call('TIME')
+      clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    end
+    now = clock
+  end
+  local b = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens, ts = tonumber(b[1]) or burst, tonumber(b[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  local allowed, retry = 0, (cost - tokens) / rate
+  if tokens >= cost then
+    tokens, allowed, retry = tokens - cost, 1, 0
+  end
+  redis.call('HSET', key, 'tokens', tokens, 'ts', now)
+  redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
+  out[#out + 1] = allowed
+  out[#out + 1] = tostring(retry)
 end
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens, ts = tonumber(b[1]) or burst, tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local allowed, retry = 0, (cost - tokens) / rate
-if tokens >= cost then
-  tokens, allowed, retry = tokens - cost, 1, 0
-end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return {allowed, tostring(retry)}
+return out
 """
+
+
+MAX_BATCH = 256  # checks per script call: bounds one round trip's size
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +135,17 @@ class LocalBuckets:
         return len(self._buckets)
 
 
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One check waiting for its batch: the bucket's key, the script's arguments for it, by
+    when it must be answered (loop time), and where the answer goes."""
+
+    key: str
+    args: tuple[float, int, str, float]
+    deadline: float
+    answer: asyncio.Future[tuple[int, bytes] | None]
+
+
 class RateLimiter:
     """`check(key, rate, burst)` against the bucket shared through Redis, or the local one
     while Redis is unavailable (or when `redis` is None: a single-gateway setup)."""
@@ -138,6 +170,8 @@ class RateLimiter:
         self._failures = 0
         self._retry_at = 0.0
         self._degraded = False
+        self._batch: list[_Ask] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def degraded(self) -> bool:
@@ -156,19 +190,74 @@ class RateLimiter:
                 return self._local.check(key, rate, burst, cost)
             # Push the next try out first so concurrent requests do not all probe Redis.
             self._retry_at = now + self._pause()
+        loop = asyncio.get_running_loop()
+        ask = _Ask(keys.rate_limit_key(key), (rate, burst, "", cost),
+                   loop.time() + self.timeout_s, loop.create_future())
+        self._batch.append(ask)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush(), name="rate limit flusher")
         try:
-            async with asyncio.timeout(self.timeout_s):
-                allowed, retry = await self._script(
-                    keys=[keys.rate_limit_key(key)], args=[rate, burst, "", cost]
-                )
+            answer = await ask.answer
         except (RedisError, OSError, TimeoutError) as exc:
             self._fail(exc, now)
             return self._local.check(key, rate, burst, cost)
+        if answer is None:  # closing: no answer is coming
+            return self._local.check(key, rate, burst, cost)
+        allowed, retry = answer
         if self._degraded:
             log.info("rate limiter: Redis is back, limits are shared again")
         self._degraded = False
         self._failures = 0
         return Decision(bool(allowed), max(0.0, float(retry)))
+
+    async def aclose(self) -> None:
+        """Stop the flusher; checks still waiting are decided locally."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for ask in self._batch:
+            if not ask.answer.done():
+                ask.answer.set_result(None)
+        self._batch.clear()
+
+    async def _flush(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
+            try:
+                await asyncio.gather(*(self._call(group) for group in self._groups(batch)))
+            except asyncio.CancelledError:
+                for ask in batch:
+                    if not ask.answer.done():
+                        ask.answer.set_result(None)
+                raise
+
+    def _groups(self, batch: list[_Ask]) -> list[list[_Ask]]:
+        """One script call's worth each: the whole batch, or on a cluster one per hash slot
+        (a script may only touch keys of one slot)."""
+        if not isinstance(self._redis, RedisCluster):
+            return [batch]
+        by_slot: dict[int, list[_Ask]] = {}
+        for ask in batch:
+            by_slot.setdefault(key_slot(ask.key.encode()), []).append(ask)
+        return list(by_slot.values())
+
+    async def _call(self, group: list[_Ask]) -> None:
+        assert self._script is not None
+        try:
+            # Asks queue in order, so the first one's deadline is the earliest: each check
+            # waits at most its own timeout_s, the call before this one included.
+            async with asyncio.timeout_at(group[0].deadline):
+                reply = await self._script(keys=[a.key for a in group],
+                                           args=[v for a in group for v in a.args])
+        except (RedisError, OSError, TimeoutError) as exc:
+            for ask in group:
+                if not ask.answer.done():
+                    ask.answer.set_exception(exc)
+            return
+        for i, ask in enumerate(group):
+            if not ask.answer.done():  # its caller may be gone (cancelled)
+                ask.answer.set_result((reply[2 * i], reply[2 * i + 1]))
 
     def _pause(self) -> float:
         # Equal jitter (half fixed, half random): never ~0, so a dead Redis is not hit, and

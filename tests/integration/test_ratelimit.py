@@ -103,3 +103,50 @@ async def test_slow_redis_times_out_to_local(redis_own: RedisServer) -> None:
     finally:
         await client.aclose()
         await admin.aclose()
+
+
+async def test_concurrent_checks_share_script_calls_and_keep_their_order(
+    two_clients: list[aioredis.Redis], key: str
+) -> None:
+    client = two_clients[0]
+    limiter = RateLimiter(client, timeout_s=2.0)
+    other = f"{key}-other"
+    calls_before = await _evalsha_calls(client)
+    decisions = await asyncio.gather(
+        *(limiter.check(key if i % 2 == 0 else other, rate=0.01, burst=5) for i in range(20)))
+    calls = await _evalsha_calls(client) - calls_before
+    # Ten checks per key, five tokens each: the first five of each key, in the order asked.
+    assert [d.allowed for d in decisions[0::2]] == [True] * 5 + [False] * 5
+    assert [d.allowed for d in decisions[1::2]] == [True] * 5 + [False] * 5
+    assert calls <= 3, f"{calls} script calls for 20 concurrent checks"
+    await limiter.aclose()
+
+
+async def test_script_takes_many_buckets_in_one_call(
+    two_clients: list[aioredis.Redis], key: str
+) -> None:
+    script = two_clients[0].register_script(_TOKEN_BUCKET)
+    a, b = rate_limit_key(f"{key}-a"), rate_limit_key(f"{key}-b")
+    reply = await script(keys=[a, b, a, a],
+                         args=[1, 2, 1000.0, 1, 1, 1, 1000.0, 1, 1, 2, 1000.0, 1, 1, 2, 1000.0, 1])
+    assert [(int(reply[i]), float(reply[i + 1])) for i in range(0, 8, 2)] == [
+        (1, 0.0), (1, 0.0), (1, 0.0), (0, 1.0)]
+
+
+async def test_closing_answers_waiting_checks_locally(two_clients: list[aioredis.Redis],
+                                                      key: str) -> None:
+    admin = two_clients[1]
+    limiter = RateLimiter(two_clients[0], timeout_s=5.0)
+    assert (await limiter.check(key, rate=1, burst=1)).allowed  # script loaded
+    await admin.client_pause(300)  # the next call waits on Redis
+    waiting = asyncio.ensure_future(limiter.check(key, rate=1, burst=1))
+    await asyncio.sleep(0.05)
+    await limiter.aclose()
+    decision = await asyncio.wait_for(waiting, 1)
+    assert decision.allowed  # the local bucket starts full
+    assert not limiter.degraded  # closing is not an outage
+
+
+async def _evalsha_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))

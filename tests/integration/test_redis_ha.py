@@ -191,6 +191,13 @@ async def test_cluster_rate_limit_and_idempotency(cluster_client: RedisClient) -
     decisions = [await limiter.check(key, rate=1.0, burst=3) for _ in range(5)]
     assert [d.allowed for d in decisions] == [True, True, True, False, False]
     assert not limiter.degraded
+    # Concurrent checks on keys of many hash slots: one batch, one script call per slot.
+    many = [f"acme/gh-{i}/{uuid.uuid4().hex}" for i in range(8)]
+    batch = await asyncio.gather(*(limiter.check(k, rate=0.01, burst=2)
+                                   for _ in range(3) for k in many))
+    assert [d.allowed for d in batch] == [True] * 16 + [False] * 8
+    assert not limiter.degraded
+    await limiter.aclose()
     idem = Idempotency(cluster_client)
     dkey = uuid.uuid4().hex
     assert await idem.first_time("acme", "gh", dkey, 60)
