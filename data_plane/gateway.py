@@ -171,6 +171,8 @@ class Gateway:
         if self.queue is not None:
             await _bounded("queue", self.queue.aclose(), 5)
         await _bounded("rate limiter", self.limiter.aclose(), 5)
+        if self.idempotency is not None:
+            await _bounded("idempotency", self.idempotency.aclose(), 5)
         if self.redis is not None:
             await _bounded("redis", self.redis.aclose(), 5)
         if self.vault is not None:

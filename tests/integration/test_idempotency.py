@@ -67,3 +67,32 @@ async def test_keys_are_hashed_and_expire(client: aioredis.Redis, namespace: str
     key = idempotency_key(namespace, "gh", sender_key)
     assert key.startswith(IDEMPOTENCY_PREFIX) and len(key) == len(IDEMPOTENCY_PREFIX) + 64
     assert 0 < await client.pttl(key) <= 30_000
+
+
+async def test_concurrent_requests_batched_get_their_own_answers_in_order(
+    client: aioredis.Redis, namespace: str
+) -> None:
+    idem = Idempotency(client)
+    before = await _set_calls(client)
+    keys = [f"evt-{i % 10}" for i in range(40)]  # ten keys, four requests each
+    results = await asyncio.gather(*(idem.first_time(namespace, "gh", k, 60) for k in keys))
+    # The first request of each key wins, in the order they came.
+    assert results == [True] * 10 + [False] * 30
+    assert await _set_calls(client) - before == 40  # one SET each, batched or not
+    await idem.aclose()
+
+
+async def test_an_unreachable_redis_raises_for_the_caller_to_fail_open() -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    idem = Idempotency(dead, timeout_s=0.5)
+    try:
+        with pytest.raises((OSError, TimeoutError, aioredis.ConnectionError)):
+            await idem.first_time("acme", "gh", "evt", 60)
+    finally:
+        await idem.aclose()
+        await dead.aclose()
+
+
+async def _set_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_set", {}).get("calls", 0))
