@@ -49,10 +49,11 @@ def chart(results: list[gateway.Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.5 * len(results)), dpi=120)
     names = [r.name for r in results]
     values = [r.rps for r in results]
-    bars = ax.barh(names[::-1], values[::-1], color=["#4c78a8", "#f58518", "#54a24b"][::-1])
+    colors = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2"][:len(names)]
+    bars = ax.barh(names[::-1], values[::-1], color=colors[::-1])
     for bar, r in zip(bars, results[::-1], strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
                 f" {r.rps:,.0f} req/s ({r.rps / results[0].rps:.2f}x)", va="center", fontsize=8)

@@ -4,8 +4,9 @@ one uvicorn worker each, GitHub-signed requests driven by wrk on loopback.
     python -m bench.gateway [--seconds 10] [--connections 32] [--rounds 3]
 
 Prints requests/s and p50/p99 latency for: floor, gateway sync `log`, gateway async
-`redis_stream` (202 once in Redis; the delivery worker runs in another process). The three run
-in turn, `--rounds` times, and each figure is the median of its rounds: on a shared machine
+`redis_stream` (202 once in Redis; the delivery worker runs in another process), and sync `log`
+behind the two stages that ask Redis on the way in (a rate limit, an idempotency header with a
+new key each request; neither refuses anything here). They run in turn, `--rounds` times, and each figure is the median of its rounds: on a shared machine
 the load moves within seconds, and a floor measured at a quiet moment against a gateway
 measured at a busy one would make a ratio of the noise.
 """
@@ -46,13 +47,20 @@ class Result:
     non2xx: int
 
 
-def lua_script(path: Path) -> None:
+def lua_script(path: Path, delivery_keys: bool = False) -> None:
+    """wrk's request: the signed body; with `delivery_keys`, a new X-Delivery-Key each time."""
     sig = "sha256=" + hmac.new(SECRET.encode(), BODY, hashlib.sha256).hexdigest()
     path.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(BODY.decode())}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["X-Hub-Signature-256"] = "{sig}"\n'
+        + ("n = 0\n"
+           "request = function()\n"
+           "  n = n + 1\n"
+           '  wrk.headers["X-Delivery-Key"] = math.random(1, 1000000000) .. "-" .. n\n'
+           "  return wrk.format()\n"
+           "end\n" if delivery_keys else "")
     )
 
 
@@ -88,8 +96,10 @@ def measure(name: str, url: str, script: Path, seconds: int, connections: int) -
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # Lines of wrk's latency distribution: "50%" alone would also match "+/- Stdev" columns
+    # such as "87.50%".
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return Result(name, rps, p50, p99, int(bad.group(1)) if bad else 0)
 
@@ -123,6 +133,17 @@ def config(tmp: Path, redis_url: str) -> Path:
                   "delivery": {"mode": "async"},
                   "chain": {"steps": [{"module": "redis_stream", "connection": "events",
                                        "config": {"stream": "bench", "maxlen": 10000}}]}}},
+        # The two stages that ask Redis on the way in (neither refuses anything here).
+        {"apiVersion": "whplane/v1", "kind": "Webhook",
+         "metadata": {"name": "rate-limited", "namespace": "bench"},
+         "spec": {"verify": {"scheme": "github", "secret": "{$BENCH_SECRET}"},
+                  "limits": {"rate_per_second": 1000000},
+                  "chain": {"steps": [{"module": "log"}]}}},
+        {"apiVersion": "whplane/v1", "kind": "Webhook",
+         "metadata": {"name": "idempotent", "namespace": "bench"},
+         "spec": {"verify": {"scheme": "github", "secret": "{$BENCH_SECRET}"},
+                  "delivery": {"idempotency_header": "X-Delivery-Key"},
+                  "chain": {"steps": [{"module": "log"}]}}},
     ]
     d = tmp / "config"
     d.mkdir()
@@ -134,8 +155,9 @@ def main(seconds: int, connections: int, rounds: int = 3) -> list[Result]:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     tmp = Path(tempfile.mkdtemp(prefix="whplane-bench-"))
-    script = tmp / "post.lua"
+    script, keyed = tmp / "post.lua", tmp / "post-keyed.lua"
     lua_script(script)
+    lua_script(keyed, delivery_keys=True)
     with RedisServer() as redis:
         floor_port = free_port()
         floor = start_floor(floor_port)
@@ -143,15 +165,20 @@ def main(seconds: int, connections: int, rounds: int = 3) -> list[Result]:
                "WH_DELIVERY_WORKER": "false", "WH_MAX_BACKLOG": "100000000"}
         try:
             with GatewayProcess(f"file:{config(tmp, redis.url)}", env) as gw:
-                targets = [("floor (bare ASGI + HMAC)", f"http://127.0.0.1:{floor_port}/"),
-                           ("gateway sync log", f"{gw.url}/webhook/bench/sync-log"),
-                           ("gateway async redis_stream", f"{gw.url}/webhook/bench/async-stream")]
-                for _, url in targets:
-                    warm_up(url, script, connections)
-                runs: dict[str, list[Result]] = {name: [] for name, _ in targets}
+                hook = f"{gw.url}/webhook/bench"
+                targets = [
+                    ("floor (bare ASGI + HMAC)", f"http://127.0.0.1:{floor_port}/", script),
+                    ("gateway sync log", f"{hook}/sync-log", script),
+                    ("gateway async redis_stream", f"{hook}/async-stream", script),
+                    ("gateway sync log + rate limit", f"{hook}/rate-limited", script),
+                    ("gateway sync log + idempotency", f"{hook}/idempotent", keyed),
+                ]
+                for _, url, lua in targets:
+                    warm_up(url, lua, connections)
+                runs: dict[str, list[Result]] = {name: [] for name, _, _ in targets}
                 for _ in range(rounds):
-                    for name, url in targets:
-                        runs[name].append(measure(name, url, script, seconds, connections))
+                    for name, url, lua in targets:
+                        runs[name].append(measure(name, url, lua, seconds, connections))
         finally:
             floor.terminate()
             floor.wait()
