@@ -2,12 +2,12 @@
 
 The shared bucket is one hash per key, updated by one Lua script (atomic, one round trip;
 redis-py's register_script sends EVALSHA and falls back to EVAL on NOSCRIPT, e.g. after a
-Redis restart). Checks are group-committed, as enqueues are (data_plane/queue.py): while one
-script call is in flight the next checks gather and go out together, each bucket taken in
-the order its checks came. A round trip per check held a limited webhook to 7,100 requests/s
-where the same webhook without limits served 24,900; on Redis Cluster a batch goes out as one
-call per hash slot. Refill uses Redis's own clock (TIME inside the script), not the gateways':
-one clock for everyone means a gateway whose clock runs ahead cannot refill buckets early and
+Redis restart). The checks of concurrent requests go out together, one script call per batch
+(data_plane/group_commit.py), each bucket taken in the order its checks came; on Redis
+Cluster, one call per hash slot of the batch.
+
+Refill uses Redis's own clock (TIME inside the script), not the gateways': one clock for
+everyone means a gateway whose clock runs ahead cannot refill buckets early and
 one running behind cannot see time go backwards. The key expires once the bucket would be
 full again, since a missing key and a full bucket mean the same.
 
@@ -20,7 +20,6 @@ after a growing pause, by one request at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -28,12 +27,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from data_plane import redis_keys as keys
+from data_plane.group_commit import GroupCommit
 from data_plane.redis_connect import RedisClient
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,6 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-
-
-MAX_BATCH = 256  # checks per script call: bounds one round trip's size
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +133,12 @@ class LocalBuckets:
         return len(self._buckets)
 
 
-@dataclass(frozen=True, slots=True)
-class _Ask:
-    """One check waiting for its batch: the bucket's key, the script's arguments for it, by
-    when it must be answered (loop time), and where the answer goes."""
+class _Ask(NamedTuple):
+    key: str  # the bucket's
+    args: tuple[float, int, str, float]  # the script's for it
 
-    key: str
-    args: tuple[float, int, str, float]
-    deadline: float
-    answer: asyncio.Future[tuple[int, bytes] | None]
+
+_Answer = tuple[int, bytes] | None  # (allowed, retry_s) from the script; None: closing
 
 
 class RateLimiter:
@@ -170,8 +165,8 @@ class RateLimiter:
         self._failures = 0
         self._retry_at = 0.0
         self._degraded = False
-        self._batch: list[_Ask] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._take: GroupCommit[_Ask, _Answer] = GroupCommit(
+            self._take_all, timeout_s=timeout_s, closing=None, name="rate limit flusher")
 
     @property
     def degraded(self) -> bool:
@@ -190,14 +185,8 @@ class RateLimiter:
                 return self._local.check(key, rate, burst, cost)
             # Push the next try out first so concurrent requests do not all probe Redis.
             self._retry_at = now + self._pause()
-        loop = asyncio.get_running_loop()
-        ask = _Ask(keys.rate_limit_key(key), (rate, burst, "", cost),
-                   loop.time() + self.timeout_s, loop.create_future())
-        self._batch.append(ask)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush(), name="rate limit flusher")
         try:
-            answer = await ask.answer
+            answer = await self._take(_Ask(keys.rate_limit_key(key), (rate, burst, "", cost)))
         except (RedisError, OSError, TimeoutError) as exc:
             self._fail(exc, now)
             return self._local.check(key, rate, burst, cost)
@@ -212,52 +201,36 @@ class RateLimiter:
 
     async def aclose(self) -> None:
         """Stop the flusher; checks still waiting are decided locally."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        for ask in self._batch:
-            if not ask.answer.done():
-                ask.answer.set_result(None)
-        self._batch.clear()
+        await self._take.aclose()
 
-    async def _flush(self) -> None:
-        while self._batch:
-            batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
-            try:
-                await asyncio.gather(*(self._call(group) for group in self._groups(batch)))
-            except asyncio.CancelledError:
-                for ask in batch:
-                    if not ask.answer.done():
-                        ask.answer.set_result(None)
-                raise
-
-    def _groups(self, batch: list[_Ask]) -> list[list[_Ask]]:
-        """One script call's worth each: the whole batch, or on a cluster one per hash slot
-        (a script may only touch keys of one slot)."""
-        if not isinstance(self._redis, RedisCluster):
-            return [batch]
-        by_slot: dict[int, list[_Ask]] = {}
-        for ask in batch:
-            by_slot.setdefault(key_slot(ask.key.encode()), []).append(ask)
-        return list(by_slot.values())
-
-    async def _call(self, group: list[_Ask]) -> None:
+    async def _take_all(self, asks: list[_Ask]) -> list[_Answer | BaseException]:
         assert self._script is not None
-        try:
-            # Asks queue in order, so the first one's deadline is the earliest: each check
-            # waits at most its own timeout_s, the call before this one included.
-            async with asyncio.timeout_at(group[0].deadline):
-                reply = await self._script(keys=[a.key for a in group],
-                                           args=[v for a in group for v in a.args])
-        except (RedisError, OSError, TimeoutError) as exc:
-            for ask in group:
-                if not ask.answer.done():
-                    ask.answer.set_exception(exc)
-            return
-        for i, ask in enumerate(group):
-            if not ask.answer.done():  # its caller may be gone (cancelled)
-                ask.answer.set_result((reply[2 * i], reply[2 * i + 1]))
+        answers: list[_Answer | BaseException] = [None] * len(asks)
+
+        async def call(group: list[int]) -> None:
+            assert self._script is not None
+            try:
+                reply = await self._script(keys=[asks[i].key for i in group],
+                                           args=[v for i in group for v in asks[i].args])
+            except (RedisError, OSError) as exc:
+                for i in group:
+                    answers[i] = exc
+                return
+            for n, i in enumerate(group):
+                answers[i] = (reply[2 * n], reply[2 * n + 1])
+
+        await asyncio.gather(*(call(group) for group in self._groups(asks)))
+        return answers
+
+    def _groups(self, asks: list[_Ask]) -> list[list[int]]:
+        """The asks of each script call, by index: all of them, or on a cluster one call per
+        hash slot (a script may only touch keys of one slot)."""
+        if not isinstance(self._redis, RedisCluster):
+            return [list(range(len(asks)))]
+        by_slot: dict[int, list[int]] = {}
+        for i, ask in enumerate(asks):
+            by_slot.setdefault(key_slot(ask.key.encode()), []).append(i)
+        return list(by_slot.values())
 
     def _pause(self) -> float:
         # Equal jitter (half fixed, half random): never ~0, so a dead Redis is not hit, and
