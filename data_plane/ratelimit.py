@@ -159,7 +159,6 @@ class RateLimiter:
         self._script = redis.register_script(_TOKEN_BUCKET) if redis is not None else None
         self._local = LocalBuckets(max_local_keys, clock)
         self._clock = clock
-        self.timeout_s = timeout_s
         self.recheck_s = recheck_s
         self.max_recheck_s = max_recheck_s
         self._failures = 0
