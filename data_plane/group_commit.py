@@ -2,17 +2,11 @@
 
 A caller hands in an item and waits for its answer; one flusher task sends everything gathered
 in one call (a script, a pipeline) and answers each caller from it; while that call is in
-flight the next items gather for the next one. A round trip per request capped a webhook
+flight the next items gather for the next one. Used by the rate limiter, the idempotency keys,
+the queue's acks and the `redis_stream` appends: a round trip per request capped a webhook
 behind a rate limit at 7,100 requests/s, and one behind an idempotency header at 9,800, where
-the same webhook without either served 24,900-26,400 (data_plane/ratelimit.py,
-data_plane/idempotency.py; the enqueue of async webhooks does the same in data_plane/queue.py,
-with its own retry of a script Redis lost).
-
-Each item carries its caller's deadline (`timeout_s` from when it asked). Items queue in
-order, so a call ends by the deadline of the oldest item in it: no caller waits longer than
-its own timeout, the call before its own included, and there is one timer per call, not one
-per caller.
-"""
+the same webhook without either served 24,900-26,400. (The queue's enqueue batches the same
+way with its own flusher: it must put entries whose script Redis lost back in line.)"""
 
 from __future__ import annotations
 
@@ -30,10 +24,11 @@ MAX_BATCH = 256  # items per call: bounds one round trip's size
 class GroupCommit(Generic[T, R]):
     """`await commit(item)` -> its answer. `send(items)` makes one call for all of them and
     returns an answer or an exception for each, in order; an exception it raises answers
-    them all. `closing` answers whoever still waits when `aclose` stops the flusher."""
+    them all. `closing` answers whoever still waits when `aclose` stops the flusher (an
+    exception is raised to them)."""
 
     def __init__(self, send: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], *,
-                 timeout_s: float, closing: R, name: str) -> None:
+                 timeout_s: float, closing: R | BaseException, name: str) -> None:
         self._send = send
         self.timeout_s = timeout_s
         self._closing = closing
@@ -69,18 +64,20 @@ class GroupCommit(Generic[T, R]):
                 raise
             except Exception as exc:  # each caller decides what a failed call means
                 for _, _, answer in batch:
-                    if not answer.done():
-                        answer.set_exception(exc)
+                    _settle(answer, exc)
                 continue
             for (_, _, answer), result in zip(batch, answers, strict=True):
-                if answer.done():  # its caller is gone (cancelled)
-                    continue
-                if isinstance(result, BaseException):
-                    answer.set_exception(result)
-                else:
-                    answer.set_result(result)
+                _settle(answer, result)
 
     def _answer_all(self, batch: list[tuple[T, float, asyncio.Future[R]]]) -> None:
         for _, _, answer in batch:
-            if not answer.done():
-                answer.set_result(self._closing)
+            _settle(answer, self._closing)
+
+
+def _settle(answer: asyncio.Future[R], result: R | BaseException) -> None:
+    if answer.done():  # its caller is gone (cancelled)
+        return
+    if isinstance(result, BaseException):
+        answer.set_exception(result)
+    else:
+        answer.set_result(result)

@@ -38,6 +38,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from data_plane import redis_keys as keys
 from data_plane.delivery import Delivery
 from data_plane.dlq import DLQ_MAXLEN, dead_letter_fields
+from data_plane.group_commit import GroupCommit
 from data_plane.redis_batch import UNPACK_FIELDS, fail_waiters, pack
 from data_plane.redis_connect import RedisClient
 
@@ -205,9 +206,10 @@ class DeliveryQueue:
         # (packed delivery, its caller's future, the loop time its caller gives up at)
         self._batch: list[tuple[bytes, asyncio.Future[Any], float]] = []
         self._flusher: asyncio.Task[None] | None = None
-        # (group, entry id, its caller's future): acks waiting for the next group commit
-        self._acks: list[tuple[str, str, asyncio.Future[None]]] = []
-        self._ack_flusher: asyncio.Task[None] | None = None
+        # Closing: the entries stay pending, to be reclaimed.
+        self._acks: GroupCommit[tuple[str, str], None] = GroupCommit(
+            self._ack_all, timeout_s=timeout_s, closing=ConnectionError("queue closed"),
+            name="ack flusher")
 
     async def enqueue(self, delivery: Delivery) -> str:
         """Append the delivery; returns its entry id once Redis has applied the write.
@@ -293,14 +295,12 @@ class DeliveryQueue:
     async def aclose(self) -> None:
         """Stop the flushers; callers still waiting get an error (an enqueue: not queued, they
         answer 5xx; an ack: the entry stays pending, to be reclaimed)."""
-        for flusher in (self._flusher, self._ack_flusher):
-            if flusher is not None:
-                flusher.cancel()
-                await asyncio.gather(flusher, return_exceptions=True)
-        fail_waiters([w for _, w, _ in self._batch] + [w for _, _, w in self._acks],
-              ConnectionError("queue closed"))
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        fail_waiters([w for _, w, _ in self._batch], ConnectionError("queue closed"))
         self._batch.clear()
-        self._acks.clear()
+        await self._acks.aclose()
 
     async def depth(self) -> int:
         """Deliveries accepted and not yet settled: new, in flight and scheduled for retry."""
@@ -350,41 +350,25 @@ class DeliveryQueue:
     async def ack(self, group: str, entry_id: str) -> None:
         """Settle a delivered entry; returns once Redis has applied it.
 
-        Group-committed like enqueues: the acks that arrive while one script call is in
-        flight go out together in the next, one round trip for all of them. A round trip per
-        ack was most of what a worker spent per delivery.
+        Group-committed (data_plane/group_commit.py): the acks that arrive while one script
+        call is in flight go out together in the next, one round trip for all of them. A round
+        trip per ack was most of what a worker spent per delivery.
         """
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._acks.append((group, entry_id, waiter))
-        if self._ack_flusher is None or self._ack_flusher.done():
-            self._ack_flusher = asyncio.create_task(self._flush_acks(), name="ack flusher")
-        async with asyncio.timeout(self.timeout_s):
-            await waiter
+        await self._acks((group, entry_id))
 
-    async def _flush_acks(self) -> None:
-        while self._acks:
-            batch, self._acks = self._acks[:MAX_BATCH], self._acks[MAX_BATCH:]
-            groups: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
-            for group, entry_id, waiter in batch:
-                groups.setdefault(group, []).append((entry_id, waiter))
-            for group, entries in groups.items():
-                error: BaseException | None = None
-                try:
-                    async with asyncio.timeout(self.timeout_s):
-                        await self._ack(keys=[self.stream],
-                                        args=[group, *(entry_id for entry_id, _ in entries)])
-                except asyncio.CancelledError:  # closing: left pending, to be reclaimed
-                    fail_waiters([w for _, _, w in batch], ConnectionError("queue closed"))
-                    raise
-                except Exception as exc:
-                    error = exc
-                for _, waiter in entries:
-                    if waiter.done():  # its caller gave up (timeout, cancel)
-                        continue
-                    if error is None:
-                        waiter.set_result(None)
-                    else:
-                        waiter.set_exception(error)
+    async def _ack_all(self, batch: list[tuple[str, str]]) -> list[BaseException | None]:
+        """One script call per consumer group (the script takes one group's entries)."""
+        by_group: dict[str, list[int]] = {}
+        for i, (group, _) in enumerate(batch):
+            by_group.setdefault(group, []).append(i)
+        results: list[BaseException | None] = [None] * len(batch)
+        for group, at in by_group.items():
+            try:
+                await self._ack(keys=[self.stream], args=[group, *(batch[i][1] for i in at)])
+            except (RedisError, OSError) as exc:
+                for i in at:
+                    results[i] = exc
+        return results
 
     async def retry_later(
         self, group: str, entry_id: str, delivery: Delivery, delay_s: float

@@ -4,11 +4,11 @@
 
 Each call waits for its own reply (or its own error), so nothing is reported delivered before
 Redis applied it; but the appends that arrive while one is in flight go out together in the
-next round trip, as one script call whose arguments are the entries packed "<len>:<bytes>"
-(as the delivery queue packs its enqueues). redis-py spends far more per command and per
-argument (encoding, a connection checkout, a timeout, an awaited reply) than Redis does: a
-worker delivering to a Redis stream one XADD at a time spent most of its time there, and a
-pipeline of XADDs still paid for every command and every field.
+next round trip (data_plane/group_commit.py), as one script call whose arguments are the
+entries packed "<len>:<bytes>" (as the delivery queue packs its enqueues). redis-py spends far
+more per command and per argument (encoding, a connection checkout, a timeout, an awaited
+reply) than Redis does: a worker delivering to a Redis stream one XADD at a time spent most of
+its time there, and a pipeline of XADDs still paid for every command and every field.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-MAX_BATCH = 256  # appends per script call: bounds one round trip's size
+from data_plane.group_commit import GroupCommit
 
 # Lua: the fields packed by `pack` back into a list (a script's prelude).
 UNPACK_FIELDS = """
@@ -61,53 +61,30 @@ def pack(fields: Sequence[bytes]) -> bytes:
 class StreamAppender:
     def __init__(self, client: aioredis.Redis, timeout_s: float) -> None:
         self.client = client
-        self.timeout_s = timeout_s
         self._script = client.register_script(_APPEND)
-        self._pending: list[tuple[str, bytes, bytes, asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # Closing: their entries were not sent.
+        self._append: GroupCommit[tuple[str, bytes, bytes], Any] = GroupCommit(
+            self._append_all, timeout_s=timeout_s,
+            closing=ConnectionError("Redis client closed"), name="redis stream appends")
 
     async def append(self, stream: str, maxlen: int | None, fields: Sequence[bytes]) -> Any:
         """XADD `fields` (names and values, alternating) to `stream`, trimmed approximately
         to `maxlen`; the entry id, or the error raised (a connection error fails every
         append of the round trip it was in: none of them is known to have been applied)."""
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         trim = b"" if maxlen is None else b"%d" % maxlen
-        self._pending.append((stream, trim, pack(fields), waiter))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="redis stream appends")
-        async with asyncio.timeout(self.timeout_s * 2):  # its round trip, and the one before
-            return await waiter
+        return await self._append((stream, trim, pack(fields)))
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            args: list[bytes] = []
-            for _, trim, packed, _ in batch:
-                args += (trim, packed)
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    replies: list[Any] = await self._script(
-                        keys=[stream for stream, *_ in batch], args=args)
-            except asyncio.CancelledError:
-                fail_waiters([w for *_, w in batch], ConnectionError("Redis client closed"))
-                raise
-            except Exception as exc:
-                replies = [exc] * len(batch)
-            for (*_, waiter), reply in zip(batch, replies, strict=True):
-                if waiter.done():  # its caller gave up
-                    continue
-                if isinstance(reply, BaseException):
-                    waiter.set_exception(reply)
-                else:
-                    waiter.set_result(reply)
+    async def _append_all(self, batch: list[tuple[str, bytes, bytes]]) -> list[Any]:
+        args: list[bytes] = []
+        for _, trim, packed in batch:
+            args += (trim, packed)
+        replies: list[Any] = await self._script(keys=[stream for stream, _, _ in batch],
+                                                args=args)
+        return replies
 
     async def aclose(self) -> None:
         """Stop sending; callers still waiting get an error (their entries were not sent)."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        fail_waiters([w for *_, w in self._pending], ConnectionError("Redis client closed"))
-        self._pending.clear()
+        await self._append.aclose()
 
 
 def fail_waiters(waiters: list[asyncio.Future[Any]], error: BaseException) -> None:
